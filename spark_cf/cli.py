@@ -1,0 +1,86 @@
+"""What every job in ``jobs/`` shares: arguments, logging, exit codes.
+
+A job is ``main(argv=None) -> int``: it parses ``--config FILE`` and repeated ``--set
+section.key=value``, loads and validates the config *before* any Spark work, runs, and
+returns 0; a :class:`~spark_cf.errors.SparkCFError` becomes a one-line reason on stderr
+and exit code 2, anything else exit code 1 with the traceback in the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from spark_cf.config import Config, load_config
+from spark_cf.errors import SparkCFError
+
+log = logging.getLogger("spark_cf")
+
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_REFUSED = 2
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """One line per record on stderr: time, level, logger, message."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("py4j", "py4j.clientserver", "py4j.java_gateway"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def config_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the ``--config``/``--set``/``--log-level`` every job takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="TOML config file (see conf/default.toml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config key; repeatable (values are TOML literals)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def run(body: Callable[[], int]) -> int:
+    """Run a job body, turning failures into an exit code and a one-line reason."""
+    try:
+        return body()
+    except SparkCFError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except Exception as exc:  # noqa: BLE001 - the job must end with a reason, not a trace only
+        log.exception("job failed")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: {type(exc).__name__}: {first}", file=sys.stderr)
+        return EXIT_CRASH
+
+
+def parse_config(args: argparse.Namespace) -> Config:
+    """Load the config named by ``--config`` with the ``--set`` overrides applied."""
+    return load_config(args.config, args.overrides)
+
+
+def job_main(
+    description: str,
+    body: Callable[[argparse.Namespace, Config], int],
+    argv: Sequence[str] | None = None,
+    extra_args: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """Parse arguments, set up logging, load the config, then run ``body(args, cfg)``."""
+    parser = config_parser(description)
+    if extra_args is not None:
+        extra_args(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    return run(lambda: body(args, parse_config(args)))

@@ -1,0 +1,328 @@
+"""Typed configuration: frozen dataclasses loaded from TOML.
+
+Every key, its meaning, unit and default is documented in ``conf/default.toml``; the
+dataclasses below are the single source of the defaults (a test checks that the two agree).
+A config is loaded from a file with :func:`load_config`, optionally changed by ``--set
+section.key=value`` overrides, and validated as a whole: unknown sections or keys, wrong
+types and out-of-range values raise :class:`~spark_cf.errors.ConfigError` naming the key.
+Library code never reads configuration files itself; jobs turn the config into arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from spark_cf.errors import ConfigError
+
+OPTIMIZERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
+DUPLICATE_POLICIES = ("latest", "mean", "error")
+SPLITS = ("random", "time")
+UNKNOWN_ITEM_POLICIES = ("nan", "drop", "global_mean")
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[2]"
+    app_name: str = "spark-cf"
+    conf: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    path: str = ""
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    rating_col: str = "rating"
+    timestamp_col: str = ""
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    duplicates: str = "mean"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    rank: int = 10
+    reg: float = 0.1
+    mean_normalization: bool = True
+    biases: bool = False
+    init_scale: float = 0.1
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "lbfgs"
+    learning_rate: float = 0.001
+    max_iter: int = 100
+    tol: float = 1e-7
+    num_user_blocks: int = 0
+    num_item_blocks: int = 0
+    checkpoint_every: int = 0
+    checkpoint_dir: str = ""
+    resume: bool = False
+    momentum: float = 0.9
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    lbfgs_memory: int = 10
+    divergence_patience: int = 3
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    holdout_fraction: float = 0.2
+    split: str = "random"
+    k: int = 10
+    relevance_threshold: float = 4.0
+    refit: bool = False
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    pairs: str = ""
+    unknown_item: str = "nan"
+    clip: bool = True
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    top_n: int = 10
+    users: tuple[Any, ...] = ()
+    exclude_rated: bool = True
+    block_size: int = 4096
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    root: str = "output"
+    run_date: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The config as plain nested dicts (for ``metadata.json`` and fingerprints)."""
+        out: dict[str, dict[str, Any]] = {}
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            values = {}
+            for sf in dataclasses.fields(section):
+                v = getattr(section, sf.name)
+                if isinstance(v, Mapping):
+                    v = dict(v)
+                elif isinstance(v, tuple):
+                    v = list(v)
+                values[sf.name] = v
+            out[f.name] = values
+        return out
+
+    def replace(self, **sections: Mapping[str, Any]) -> Config:
+        """Return a copy with some keys changed, validated like a loaded config.
+
+        ``cfg.replace(train={"max_iter": 5})`` changes ``train.max_iter`` only.
+        """
+        raw = self.to_dict()
+        for name, values in sections.items():
+            if name not in raw:
+                raise ConfigError(f"unknown config section [{name}]")
+            raw[name].update(values)
+        return config_from_dict(raw)
+
+
+_SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def _coerce(key: str, expected: Any, value: Any) -> Any:
+    """Check ``value`` against the annotated type; ints are accepted for floats."""
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if expected is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    origin = getattr(expected, "__origin__", None)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(value)
+    if origin in (Mapping, dict) or expected is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        return {str(k): str(v) if not isinstance(v, bool) else str(v).lower()
+                for k, v in value.items()}
+    raise AssertionError(f"unhandled type {expected} for {key}")  # pragma: no cover
+
+
+def _check(cond: bool, key: str, rule: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{key} {rule}, got {value!r}")
+
+
+def _validate(cfg: Config) -> None:
+    m, t, i, e, p, r = cfg.model, cfg.train, cfg.input, cfg.evaluate, cfg.predict, cfg.recommend
+    _check(bool(cfg.spark.master), "spark.master", "must not be empty", cfg.spark.master)
+    for col in ("user_col", "item_col", "rating_col"):
+        _check(bool(getattr(i, col)), f"input.{col}", "must not be empty", getattr(i, col))
+    _check(i.rating_min < i.rating_max, "input.rating_min",
+           f"must be below input.rating_max ({i.rating_max})", i.rating_min)
+    _check(i.duplicates in DUPLICATE_POLICIES, "input.duplicates",
+           f"must be one of {', '.join(DUPLICATE_POLICIES)}", i.duplicates)
+    _check(not (i.duplicates == "latest" and not i.timestamp_col), "input.duplicates",
+           "= 'latest' needs input.timestamp_col to be set", i.duplicates)
+    _check(m.rank >= 1, "model.rank", "must be >= 1", m.rank)
+    _check(m.reg >= 0, "model.reg", "must be >= 0", m.reg)
+    _check(m.init_scale > 0, "model.init_scale", "must be > 0", m.init_scale)
+    _check(m.seed >= 0, "model.seed", "must be >= 0", m.seed)
+    _check(t.optimizer in OPTIMIZERS, "train.optimizer",
+           f"must be one of {', '.join(OPTIMIZERS)}", t.optimizer)
+    _check(t.learning_rate > 0, "train.learning_rate", "must be > 0", t.learning_rate)
+    _check(t.max_iter >= 1, "train.max_iter", "must be >= 1", t.max_iter)
+    _check(t.tol >= 0, "train.tol", "must be >= 0", t.tol)
+    _check(t.num_user_blocks >= 0, "train.num_user_blocks", "must be >= 0 (0 = auto)",
+           t.num_user_blocks)
+    _check(t.num_item_blocks >= 0, "train.num_item_blocks", "must be >= 0 (0 = auto)",
+           t.num_item_blocks)
+    _check(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = never)",
+           t.checkpoint_every)
+    _check(not (t.checkpoint_every > 0 and not t.checkpoint_dir), "train.checkpoint_dir",
+           "must be set when train.checkpoint_every > 0", t.checkpoint_dir)
+    _check(not (t.resume and not t.checkpoint_dir), "train.checkpoint_dir",
+           "must be set when train.resume = true", t.checkpoint_dir)
+    _check(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)", t.momentum)
+    _check(0 <= t.adam_beta1 < 1, "train.adam_beta1", "must be in [0, 1)", t.adam_beta1)
+    _check(0 <= t.adam_beta2 < 1, "train.adam_beta2", "must be in [0, 1)", t.adam_beta2)
+    _check(t.adam_epsilon > 0, "train.adam_epsilon", "must be > 0", t.adam_epsilon)
+    _check(t.lbfgs_memory >= 1, "train.lbfgs_memory", "must be >= 1", t.lbfgs_memory)
+    _check(t.divergence_patience >= 1, "train.divergence_patience", "must be >= 1",
+           t.divergence_patience)
+    _check(0 <= e.holdout_fraction < 1, "evaluate.holdout_fraction", "must be in [0, 1)",
+           e.holdout_fraction)
+    _check(e.split in SPLITS, "evaluate.split", f"must be one of {', '.join(SPLITS)}", e.split)
+    _check(not (e.split == "time" and not i.timestamp_col), "evaluate.split",
+           "= 'time' needs input.timestamp_col to be set", e.split)
+    _check(e.k >= 1, "evaluate.k", "must be >= 1", e.k)
+    _check(p.unknown_item in UNKNOWN_ITEM_POLICIES, "predict.unknown_item",
+           f"must be one of {', '.join(UNKNOWN_ITEM_POLICIES)}", p.unknown_item)
+    _check(r.top_n >= 1, "recommend.top_n", "must be >= 1", r.top_n)
+    _check(r.block_size >= 1, "recommend.block_size", "must be >= 1", r.block_size)
+    _check(bool(cfg.output.root), "output.root", "must not be empty", cfg.output.root)
+    if cfg.output.run_date:
+        import datetime as _dt
+
+        try:
+            _dt.date.fromisoformat(cfg.output.run_date)
+        except ValueError:
+            raise ConfigError(
+                f"output.run_date must be a date YYYY-MM-DD, got {cfg.output.run_date!r}"
+            ) from None
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from nested dicts (as TOML gives them)."""
+    sections = {}
+    for name, values in raw.items():
+        if name not in _SECTIONS:
+            raise ConfigError(
+                f"unknown config section [{name}]; known: {', '.join(_SECTIONS)}"
+            )
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"[{name}] must be a table, got {values!r}")
+        cls = _SECTIONS[name]
+        hints = get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(
+                    f"unknown config key {name}.{key}; known in [{name}]: {', '.join(hints)}"
+                )
+            kwargs[key] = _coerce(f"{name}.{key}", hints[key], value)
+        sections[name] = cls(**kwargs)
+    cfg = Config(**sections)
+    _validate(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse one ``section.key=value``; the value is read as TOML, else as a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"--set needs section.key=value, got {text!r}")
+    dotted, value_text = text.split("=", 1)
+    parts = dotted.strip().split(".", 1)
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set needs section.key=value, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text
+    return parts[0], parts[1], value
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Load a TOML config file (or the defaults when ``path`` is None) and apply overrides.
+
+    Parameters
+    ----------
+    path
+        A TOML file; sections and keys as in ``conf/default.toml``. Missing keys keep
+        their defaults.
+    overrides
+        Strings ``section.key=value`` (from ``--set``); values are TOML literals, and a
+        value that is not valid TOML is taken as a string (``--set input.path=/a/b``).
+
+    Raises
+    ------
+    ConfigError
+        Unreadable file, unknown section or key, wrong type or out-of-range value.
+    """
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            with p.open("rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"[{section}] must be a table")
+        if section == "spark" and key.startswith("conf."):
+            # --set spark.conf.spark.sql.shuffle.partitions=4 sets one Spark setting
+            raw[section].setdefault("conf", {})[key[len("conf."):]] = value
+        elif "." in key:
+            raise ConfigError(f"--set needs section.key=value, got {text!r}")
+        else:
+            raw[section][key] = value
+    return config_from_dict(raw)

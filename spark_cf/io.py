@@ -1,0 +1,245 @@
+"""All reading and writing of paths: ratings in, tables out, atomic publishing.
+
+Paths go through Hadoop's FileSystem API (through the session's JVM), so the same code
+works on a local disk, HDFS or an object store. A table is written into a hidden staging
+folder next to its destination and renamed into place only once complete, so a reader
+never sees half a table; a failed write leaves the old table as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _hadoop(spark, path: str):
+    """(FileSystem, Path) for ``path`` via the session's Hadoop configuration."""
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return fs, hpath
+
+
+def exists(spark, path: str) -> bool:
+    """Whether ``path`` (file or folder) exists."""
+    fs, hpath = _hadoop(spark, path)
+    return bool(fs.exists(hpath))
+
+
+def has_glob(path: str) -> bool:
+    return any(ch in path for ch in "*?[{")
+
+
+def matches_any(spark, path: str) -> bool:
+    """Whether ``path`` exists or, when it is a glob, matches at least one path."""
+    fs, hpath = _hadoop(spark, path)
+    if has_glob(path):
+        found = fs.globStatus(hpath)
+        return found is not None and len(found) > 0
+    return bool(fs.exists(hpath))
+
+
+def delete(spark, path: str) -> None:
+    """Delete ``path`` recursively if it exists."""
+    fs, hpath = _hadoop(spark, path)
+    if fs.exists(hpath):
+        fs.delete(hpath, True)
+
+
+def mkdirs(spark, path: str) -> None:
+    fs, hpath = _hadoop(spark, path)
+    fs.mkdirs(hpath)
+
+
+def rename(spark, src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` (``dst`` must not exist); raises OSError when refused."""
+    fs, hsrc = _hadoop(spark, src)
+    _, hdst = _hadoop(spark, dst)
+    if not fs.rename(hsrc, hdst):
+        raise OSError(f"could not rename {src} to {dst}")
+
+
+def write_text(spark, path: str, text: str) -> None:
+    """Write a small text file (overwriting)."""
+    fs, hpath = _hadoop(spark, path)
+    stream = fs.create(hpath, True)
+    try:
+        data = text.encode("utf-8")
+        stream.write(bytearray(data))
+    finally:
+        stream.close()
+
+
+def read_text(spark, path: str) -> str:
+    """Read a small text file whole."""
+    fs, hpath = _hadoop(spark, path)
+    stream = fs.open(hpath)
+    try:
+        reader = spark.sparkContext._jvm.java.io.BufferedReader(
+            spark.sparkContext._jvm.java.io.InputStreamReader(stream, "UTF-8")
+        )
+        lines = []
+        line = reader.readLine()
+        while line is not None:
+            lines.append(line)
+            line = reader.readLine()
+        return "\n".join(lines)
+    finally:
+        stream.close()
+
+
+def write_json(spark, path: str, payload: Any) -> None:
+    write_text(spark, path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(spark, path: str) -> Any:
+    return json.loads(read_text(spark, path))
+
+
+def staging_path(path: str) -> str:
+    """A hidden sibling of ``path`` to stage a write in (Spark readers skip ``_``/``.``)."""
+    path = path.rstrip("/")
+    parent, _, name = path.rpartition("/")
+    prefix = f"{parent}/" if parent else ""
+    return f"{prefix}_staging-{name}-{uuid.uuid4().hex[:12]}"
+
+
+def replace_atomically(spark, staged: str, dst: str) -> None:
+    """Move a complete ``staged`` folder to ``dst``, replacing what was there.
+
+    The old ``dst`` is first renamed aside, the new one renamed in, and the old one
+    deleted: at no time is a partial table visible at ``dst``.
+    """
+    old = None
+    if exists(spark, dst):
+        old = staging_path(dst) + "-old"
+        rename(spark, dst, old)
+    try:
+        rename(spark, staged, dst)
+    except Exception:
+        if old is not None:
+            rename(spark, old, dst)
+        raise
+    if old is not None:
+        delete(spark, old)
+
+
+def write_table(df, path: str, *, partitions: int | None = None) -> int | None:
+    """Write ``df`` as Parquet at ``path`` atomically (staged, then renamed into place).
+
+    Parameters
+    ----------
+    df
+        The DataFrame to write.
+    path
+        Destination folder; an existing table there is replaced whole.
+    partitions
+        Coalesce to this many files first (small tables read better as few files).
+    """
+    spark = df.sparkSession
+    staged = staging_path(path)
+    out = df.coalesce(partitions) if partitions else df
+    try:
+        out.write.mode("overwrite").parquet(staged)
+        replace_atomically(spark, staged, path)
+    finally:
+        delete(spark, staged)
+    log.info("wrote table %s", path)
+    return None
+
+
+def read_parquet(spark, path: str):
+    """Read Parquet from a file, a folder, a partitioned dataset or a glob."""
+    from spark_cf.errors import InputError
+
+    if not matches_any(spark, path):
+        raise InputError(f"input path {path} does not exist (or the glob matches nothing)")
+    return spark.read.parquet(path)
+
+
+# --------------------------------------------------------------------------- checkpoints
+# Checkpoints hold driver-side state (parameters, optimiser state, history), so they live
+# on the driver's file system: one ``checkpoint.npz`` replaced atomically each time.
+
+CHECKPOINT_FILE = "checkpoint.npz"
+
+
+def save_checkpoint(directory: str, fingerprint: str, state: dict[str, Any]) -> str:
+    """Write ``state`` (arrays, numbers, the history list) atomically; returns the path.
+
+    ``state["optimizer"]`` is a flat dict of numbers and arrays. The file is written to a
+    temporary name in ``directory`` and renamed over the previous checkpoint, so a run
+    killed while writing leaves the previous checkpoint intact.
+    """
+    import os
+
+    import numpy as np
+
+    os.makedirs(directory, exist_ok=True)
+    arrays: dict[str, Any] = {
+        "w": state["w"],
+        "meta": np.array(json.dumps({
+            "fingerprint": fingerprint,
+            "iteration": int(state["iteration"]),
+            "rises": int(state["rises"]),
+            "history": state["history"],
+        })),
+    }
+    for key, value in state["optimizer"].items():
+        arrays[f"opt_{key}"] = np.asarray(value)
+    final = os.path.join(directory, CHECKPOINT_FILE)
+    tmp = os.path.join(directory, f".{CHECKPOINT_FILE}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    log.info("checkpoint at iteration %d written to %s", state["iteration"], final)
+    return final
+
+
+def load_checkpoint(directory: str, fingerprint: str) -> dict[str, Any] | None:
+    """The last checkpoint in ``directory``, or None when there is none.
+
+    Raises
+    ------
+    CheckpointError
+        When the checkpoint is unreadable or was made with another config or input.
+    """
+    import os
+
+    import numpy as np
+
+    from spark_cf.errors import CheckpointError
+
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    if not os.path.exists(path):
+        log.info("no checkpoint in %s: starting from the beginning", directory)
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            state = {
+                "w": data["w"].copy(),
+                "optimizer": {
+                    key[4:]: (data[key].item() if data[key].ndim == 0 else data[key].copy())
+                    for key in data.files
+                    if key.startswith("opt_")
+                },
+            }
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({exc}); delete it to start afresh"
+        ) from None
+    if meta["fingerprint"] != fingerprint:
+        raise CheckpointError(
+            f"checkpoint {path} was made with another config or input (fingerprint "
+            f"{meta['fingerprint']} != {fingerprint}); point train.checkpoint_dir elsewhere "
+            f"or delete it to start afresh"
+        )
+    state.update(iteration=meta["iteration"], rises=meta["rises"], history=meta["history"])
+    return state

@@ -1,0 +1,242 @@
+"""The single-node NumPy reference: the same objective, written independently of the kernel.
+
+The Spark path computes its gradients block by block with sorted segment sums
+(:mod:`spark_cf.kernel`); this module sums them over all ratings at once with weighted
+``numpy.bincount``, so each checks the other. No Spark import here.
+
+The objective, gradients and update rules are documented in :mod:`spark_cf.training`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spark_cf.optimizers import Evaluation, OptimizerSettings, make_optimizer
+from spark_cf.params import Layout, initial_parameters
+from spark_cf.training import CheckpointPolicy, TrainResult, fingerprint_of, minimize
+
+
+def _segment_sums(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
+    """``out[r] = sum of weights[n] over n with index[n] == r``; weights may be 2-D."""
+    if weights.ndim == 1:
+        return np.bincount(index, weights=weights, minlength=size)
+    out = np.empty((size, weights.shape[1]))
+    for col in range(weights.shape[1]):
+        out[:, col] = np.bincount(index, weights=weights[:, col], minlength=size)
+    return out
+
+
+def cost_and_gradients(
+    X: np.ndarray,
+    Theta: np.ndarray,
+    item_idx: np.ndarray,
+    user_idx: np.ndarray,
+    y: np.ndarray,
+    reg: float,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """The course's regularised cost and its gradients for ratings given as arrays.
+
+    Parameters
+    ----------
+    X : (num_items, rank) item features.
+    Theta : (num_users, rank) user parameters.
+    item_idx, user_idx : dense 0-based indices of the rated pairs.
+    y : the ratings (already normalised: no mean normalisation is done here).
+    reg : the regularisation weight lambda.
+
+    Returns
+    -------
+    (J, dX, dTheta)
+    """
+    item_idx = np.asarray(item_idx, dtype=np.int64)
+    user_idx = np.asarray(user_idx, dtype=np.int64)
+    err = np.sum(X[item_idx] * Theta[user_idx], axis=1) - np.asarray(y, dtype=np.float64)
+    J = 0.5 * float(err @ err) + 0.5 * reg * (float(np.sum(X * X)) + float(np.sum(Theta * Theta)))
+    dX = _segment_sums(item_idx, err[:, None] * Theta[user_idx], X.shape[0]) + reg * X
+    dTheta = _segment_sums(user_idx, err[:, None] * X[item_idx], Theta.shape[0]) + reg * Theta
+    return J, dX, dTheta
+
+
+def biased_cost_and_gradients(
+    X: np.ndarray,
+    Theta: np.ndarray,
+    item_bias: np.ndarray,
+    user_bias: np.ndarray,
+    item_idx: np.ndarray,
+    user_idx: np.ndarray,
+    y: np.ndarray,
+    reg: float,
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The biased variant: prediction ``theta_j . x_i + b_i + b_u`` on centred ratings.
+
+    Returns ``(J, dX, dTheta, d_item_bias, d_user_bias)``; every parameter carries
+    ``reg/2`` times its square in ``J``.
+    """
+    item_idx = np.asarray(item_idx, dtype=np.int64)
+    user_idx = np.asarray(user_idx, dtype=np.int64)
+    pred = np.sum(X[item_idx] * Theta[user_idx], axis=1) + item_bias[item_idx] + user_bias[user_idx]
+    err = pred - np.asarray(y, dtype=np.float64)
+    squares = sum(float(np.sum(a * a)) for a in (X, Theta, item_bias, user_bias))
+    J = 0.5 * float(err @ err) + 0.5 * reg * squares
+    dX = _segment_sums(item_idx, err[:, None] * Theta[user_idx], X.shape[0]) + reg * X
+    dTheta = _segment_sums(user_idx, err[:, None] * X[item_idx], Theta.shape[0]) + reg * Theta
+    dbi = _segment_sums(item_idx, err, X.shape[0]) + reg * item_bias
+    dbu = _segment_sums(user_idx, err, Theta.shape[0]) + reg * user_bias
+    return J, dX, dTheta, dbi, dbu
+
+
+def predict(
+    layout: Layout,
+    w: np.ndarray,
+    item_idx: np.ndarray,
+    user_idx: np.ndarray,
+    offsets: np.ndarray | float = 0.0,
+) -> np.ndarray:
+    """Predictions ``theta_j . x_i (+ b_i + b_u) + offset`` for index arrays."""
+    X, Theta = layout.X(w), layout.Theta(w)
+    out = np.sum(X[item_idx] * Theta[user_idx], axis=1)
+    if layout.biases:
+        out = out + layout.item_bias(w)[item_idx] + layout.user_bias(w)[user_idx]
+    return out + offsets
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """What is subtracted from each rating before training and added back to predictions.
+
+    ``item_means`` per item (the course's model; 0 for items without ratings) and/or one
+    ``global_mean`` (the biased model). A prediction is ``... + item_means[i] + global_mean``.
+    """
+
+    item_means: np.ndarray
+    global_mean: float
+
+    def offsets(self, item_idx: np.ndarray) -> np.ndarray:
+        return self.item_means[item_idx] + self.global_mean
+
+
+def fit_normalization(
+    item_idx: np.ndarray, y: np.ndarray, num_items: int, *, mean_normalization: bool, biases: bool
+) -> Normalization:
+    """Item means (course's model) or the global mean (biased model) of the training ratings.
+
+    With ``mean_normalization = false`` nothing is subtracted.
+    """
+    zeros = np.zeros(num_items)
+    if not mean_normalization or len(y) == 0:
+        return Normalization(zeros, 0.0)
+    if biases:
+        return Normalization(zeros, float(np.mean(y)))
+    counts = np.bincount(item_idx, minlength=num_items)
+    sums = np.bincount(item_idx, weights=y, minlength=num_items)
+    means = np.divide(sums, counts, out=np.zeros(num_items), where=counts > 0)
+    return Normalization(means, 0.0)
+
+
+class ReferenceObjective:
+    """``f(w) -> Evaluation`` over all ratings at once, in NumPy (see :func:`cost_and_gradients`).
+
+    ``y`` are the *normalised* training ratings; the optional validation arrays are scored
+    for the history (their ratings normalised the same way) but never enter the gradient.
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        item_idx: np.ndarray,
+        user_idx: np.ndarray,
+        y: np.ndarray,
+        reg: float,
+        validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        self.layout = layout
+        self.item_idx = np.asarray(item_idx, dtype=np.int64)
+        self.user_idx = np.asarray(user_idx, dtype=np.int64)
+        self.y = np.asarray(y, dtype=np.float64)
+        self.reg = float(reg)
+        self.validation = validation
+
+    def __call__(self, w: np.ndarray) -> Evaluation:
+        L = self.layout
+        X, Theta = L.X(w), L.Theta(w)
+        if L.biases:
+            J, dX, dT, dbi, dbu = biased_cost_and_gradients(
+                X, Theta, L.item_bias(w), L.user_bias(w),
+                self.item_idx, self.user_idx, self.y, self.reg,
+            )
+            grad = L.pack(dX, dT, dbi, dbu)
+        else:
+            J, dX, dT = cost_and_gradients(X, Theta, self.item_idx, self.user_idx, self.y, self.reg)
+            grad = L.pack(dX, dT)
+        err = predict(L, w, self.item_idx, self.user_idx) - self.y
+        val_sse, val_count = 0.0, 0
+        if self.validation is not None and len(self.validation[2]):
+            vi, vu, vy = self.validation
+            verr = predict(L, w, vi, vu) - vy
+            val_sse, val_count = float(verr @ verr), len(vy)
+        return Evaluation(J, grad, float(err @ err), len(self.y), val_sse, val_count)
+
+
+def train_reference(
+    item_idx: np.ndarray,
+    user_idx: np.ndarray,
+    y: np.ndarray,
+    num_items: int,
+    num_users: int,
+    *,
+    rank: int,
+    reg: float,
+    optimizer: str = "gd",
+    settings: OptimizerSettings | None = None,
+    max_iter: int = 100,
+    tol: float = 0.0,
+    init_scale: float = 0.1,
+    seed: int = 42,
+    biases: bool = False,
+    mean_normalization: bool = True,
+    divergence_patience: int = 3,
+    validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    checkpoint: CheckpointPolicy | None = None,
+) -> tuple[TrainResult, Layout, Normalization]:
+    """Fit the model on raw ratings given as index arrays, single node.
+
+    Normalises ``y`` (item means, or the global mean with biases), starts from
+    :func:`~spark_cf.params.initial_parameters`, and runs :func:`~spark_cf.training.minimize`.
+    ``validation`` holds raw ``(item_idx, user_idx, y)`` to score in the history.
+    """
+    layout = Layout(num_items, num_users, rank, biases)
+    norm = fit_normalization(
+        item_idx, y, num_items, mean_normalization=mean_normalization, biases=biases
+    )
+    y_norm = np.asarray(y, dtype=np.float64) - norm.offsets(item_idx)
+    val = None
+    if validation is not None:
+        vi, vu, vy = validation
+        val = (vi, vu, np.asarray(vy, dtype=np.float64) - norm.offsets(vi))
+    objective = ReferenceObjective(layout, item_idx, user_idx, y_norm, reg, val)
+    w0 = initial_parameters(layout, init_scale=init_scale, seed=seed)
+    opt = make_optimizer(optimizer, settings or OptimizerSettings(), layout.size)
+    fingerprint = fingerprint_of({"n": len(y), "sum": float(np.sum(y)), "rank": rank,
+                                  "reg": reg, "optimizer": optimizer, "seed": seed,
+                                  "biases": biases, "path": "reference"})
+    result = minimize(objective, w0, opt, max_iter=max_iter, tol=tol,
+                      divergence_patience=divergence_patience, checkpoint=checkpoint,
+                      fingerprint=fingerprint)
+    return result, layout, norm
+
+
+def numerical_gradient(f, w: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central finite differences of a scalar ``f`` at ``w`` (the course's gradient check)."""
+    w = np.array(w, dtype=np.float64, copy=True)
+    grad = np.empty_like(w)
+    for n in range(w.size):
+        keep = w[n]
+        w[n] = keep + eps
+        plus = f(w)
+        w[n] = keep - eps
+        minus = f(w)
+        w[n] = keep
+        grad[n] = (plus - minus) / (2 * eps)
+    return grad
