@@ -177,8 +177,9 @@ def _coerce(key: str, expected: Any, value: Any) -> Any:
     if origin in (Mapping, dict) or expected is Mapping:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} must be a table, got {value!r}")
-        return {str(k): str(v) if not isinstance(v, bool) else str(v).lower()
-                for k, v in value.items()}
+        return {
+            str(k): str(v) if not isinstance(v, bool) else str(v).lower() for k, v in value.items()
+        }
     raise AssertionError(f"unhandled type {expected} for {key}")  # pragma: no cover
 
 
@@ -192,46 +193,98 @@ def _validate(cfg: Config) -> None:
     _check(bool(cfg.spark.master), "spark.master", "must not be empty", cfg.spark.master)
     for col in ("user_col", "item_col", "rating_col"):
         _check(bool(getattr(i, col)), f"input.{col}", "must not be empty", getattr(i, col))
-    _check(i.rating_min < i.rating_max, "input.rating_min",
-           f"must be below input.rating_max ({i.rating_max})", i.rating_min)
-    _check(i.duplicates in DUPLICATE_POLICIES, "input.duplicates",
-           f"must be one of {', '.join(DUPLICATE_POLICIES)}", i.duplicates)
-    _check(not (i.duplicates == "latest" and not i.timestamp_col), "input.duplicates",
-           "= 'latest' needs input.timestamp_col to be set", i.duplicates)
+    _check(
+        i.rating_min < i.rating_max,
+        "input.rating_min",
+        f"must be below input.rating_max ({i.rating_max})",
+        i.rating_min,
+    )
+    _check(
+        i.duplicates in DUPLICATE_POLICIES,
+        "input.duplicates",
+        f"must be one of {', '.join(DUPLICATE_POLICIES)}",
+        i.duplicates,
+    )
+    _check(
+        not (i.duplicates == "latest" and not i.timestamp_col),
+        "input.duplicates",
+        "= 'latest' needs input.timestamp_col to be set",
+        i.duplicates,
+    )
     _check(m.rank >= 1, "model.rank", "must be >= 1", m.rank)
     _check(m.reg >= 0, "model.reg", "must be >= 0", m.reg)
     _check(m.init_scale > 0, "model.init_scale", "must be > 0", m.init_scale)
     _check(m.seed >= 0, "model.seed", "must be >= 0", m.seed)
-    _check(t.optimizer in OPTIMIZERS, "train.optimizer",
-           f"must be one of {', '.join(OPTIMIZERS)}", t.optimizer)
+    _check(
+        t.optimizer in OPTIMIZERS,
+        "train.optimizer",
+        f"must be one of {', '.join(OPTIMIZERS)}",
+        t.optimizer,
+    )
     _check(t.learning_rate > 0, "train.learning_rate", "must be > 0", t.learning_rate)
     _check(t.max_iter >= 1, "train.max_iter", "must be >= 1", t.max_iter)
     _check(t.tol >= 0, "train.tol", "must be >= 0", t.tol)
-    _check(t.num_user_blocks >= 0, "train.num_user_blocks", "must be >= 0 (0 = auto)",
-           t.num_user_blocks)
-    _check(t.num_item_blocks >= 0, "train.num_item_blocks", "must be >= 0 (0 = auto)",
-           t.num_item_blocks)
-    _check(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = never)",
-           t.checkpoint_every)
-    _check(not (t.checkpoint_every > 0 and not t.checkpoint_dir), "train.checkpoint_dir",
-           "must be set when train.checkpoint_every > 0", t.checkpoint_dir)
-    _check(not (t.resume and not t.checkpoint_dir), "train.checkpoint_dir",
-           "must be set when train.resume = true", t.checkpoint_dir)
+    _check(
+        t.num_user_blocks >= 0,
+        "train.num_user_blocks",
+        "must be >= 0 (0 = auto)",
+        t.num_user_blocks,
+    )
+    _check(
+        t.num_item_blocks >= 0,
+        "train.num_item_blocks",
+        "must be >= 0 (0 = auto)",
+        t.num_item_blocks,
+    )
+    _check(
+        t.checkpoint_every >= 0,
+        "train.checkpoint_every",
+        "must be >= 0 (0 = never)",
+        t.checkpoint_every,
+    )
+    _check(
+        not (t.checkpoint_every > 0 and not t.checkpoint_dir),
+        "train.checkpoint_dir",
+        "must be set when train.checkpoint_every > 0",
+        t.checkpoint_dir,
+    )
+    _check(
+        not (t.resume and not t.checkpoint_dir),
+        "train.checkpoint_dir",
+        "must be set when train.resume = true",
+        t.checkpoint_dir,
+    )
     _check(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)", t.momentum)
     _check(0 <= t.adam_beta1 < 1, "train.adam_beta1", "must be in [0, 1)", t.adam_beta1)
     _check(0 <= t.adam_beta2 < 1, "train.adam_beta2", "must be in [0, 1)", t.adam_beta2)
     _check(t.adam_epsilon > 0, "train.adam_epsilon", "must be > 0", t.adam_epsilon)
     _check(t.lbfgs_memory >= 1, "train.lbfgs_memory", "must be >= 1", t.lbfgs_memory)
-    _check(t.divergence_patience >= 1, "train.divergence_patience", "must be >= 1",
-           t.divergence_patience)
-    _check(0 <= e.holdout_fraction < 1, "evaluate.holdout_fraction", "must be in [0, 1)",
-           e.holdout_fraction)
+    _check(
+        t.divergence_patience >= 1,
+        "train.divergence_patience",
+        "must be >= 1",
+        t.divergence_patience,
+    )
+    _check(
+        0 <= e.holdout_fraction < 1,
+        "evaluate.holdout_fraction",
+        "must be in [0, 1)",
+        e.holdout_fraction,
+    )
     _check(e.split in SPLITS, "evaluate.split", f"must be one of {', '.join(SPLITS)}", e.split)
-    _check(not (e.split == "time" and not i.timestamp_col), "evaluate.split",
-           "= 'time' needs input.timestamp_col to be set", e.split)
+    _check(
+        not (e.split == "time" and not i.timestamp_col),
+        "evaluate.split",
+        "= 'time' needs input.timestamp_col to be set",
+        e.split,
+    )
     _check(e.k >= 1, "evaluate.k", "must be >= 1", e.k)
-    _check(p.unknown_item in UNKNOWN_ITEM_POLICIES, "predict.unknown_item",
-           f"must be one of {', '.join(UNKNOWN_ITEM_POLICIES)}", p.unknown_item)
+    _check(
+        p.unknown_item in UNKNOWN_ITEM_POLICIES,
+        "predict.unknown_item",
+        f"must be one of {', '.join(UNKNOWN_ITEM_POLICIES)}",
+        p.unknown_item,
+    )
     _check(r.top_n >= 1, "recommend.top_n", "must be >= 1", r.top_n)
     _check(r.block_size >= 1, "recommend.block_size", "must be >= 1", r.block_size)
     _check(bool(cfg.output.root), "output.root", "must not be empty", cfg.output.root)
@@ -251,9 +304,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     sections = {}
     for name, values in raw.items():
         if name not in _SECTIONS:
-            raise ConfigError(
-                f"unknown config section [{name}]; known: {', '.join(_SECTIONS)}"
-            )
+            raise ConfigError(f"unknown config section [{name}]; known: {', '.join(_SECTIONS)}")
         if not isinstance(values, Mapping):
             raise ConfigError(f"[{name}] must be a table, got {values!r}")
         cls = _SECTIONS[name]
@@ -320,7 +371,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             raise ConfigError(f"[{section}] must be a table")
         if section == "spark" and key.startswith("conf."):
             # --set spark.conf.spark.sql.shuffle.partitions=4 sets one Spark setting
-            raw[section].setdefault("conf", {})[key[len("conf."):]] = value
+            raw[section].setdefault("conf", {})[key[len("conf.") :]] = value
         elif "." in key:
             raise ConfigError(f"--set needs section.key=value, got {text!r}")
         else:

@@ -182,12 +182,16 @@ def save_checkpoint(directory: str, fingerprint: str, state: dict[str, Any]) -> 
     os.makedirs(directory, exist_ok=True)
     arrays: dict[str, Any] = {
         "w": state["w"],
-        "meta": np.array(json.dumps({
-            "fingerprint": fingerprint,
-            "iteration": int(state["iteration"]),
-            "rises": int(state["rises"]),
-            "history": state["history"],
-        })),
+        "meta": np.array(
+            json.dumps(
+                {
+                    "fingerprint": fingerprint,
+                    "iteration": int(state["iteration"]),
+                    "rises": int(state["rises"]),
+                    "history": state["history"],
+                }
+            )
+        ),
     }
     for key, value in state["optimizer"].items():
         arrays[f"opt_{key}"] = np.asarray(value)

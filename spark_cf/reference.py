@@ -163,8 +163,14 @@ class ReferenceObjective:
         X, Theta = L.X(w), L.Theta(w)
         if L.biases:
             J, dX, dT, dbi, dbu = biased_cost_and_gradients(
-                X, Theta, L.item_bias(w), L.user_bias(w),
-                self.item_idx, self.user_idx, self.y, self.reg,
+                X,
+                Theta,
+                L.item_bias(w),
+                L.user_bias(w),
+                self.item_idx,
+                self.user_idx,
+                self.y,
+                self.reg,
             )
             grad = L.pack(dX, dT, dbi, dbu)
         else:
@@ -218,12 +224,28 @@ def train_reference(
     objective = ReferenceObjective(layout, item_idx, user_idx, y_norm, reg, val)
     w0 = initial_parameters(layout, init_scale=init_scale, seed=seed)
     opt = make_optimizer(optimizer, settings or OptimizerSettings(), layout.size)
-    fingerprint = fingerprint_of({"n": len(y), "sum": float(np.sum(y)), "rank": rank,
-                                  "reg": reg, "optimizer": optimizer, "seed": seed,
-                                  "biases": biases, "path": "reference"})
-    result = minimize(objective, w0, opt, max_iter=max_iter, tol=tol,
-                      divergence_patience=divergence_patience, checkpoint=checkpoint,
-                      fingerprint=fingerprint)
+    fingerprint = fingerprint_of(
+        {
+            "n": len(y),
+            "sum": float(np.sum(y)),
+            "rank": rank,
+            "reg": reg,
+            "optimizer": optimizer,
+            "seed": seed,
+            "biases": biases,
+            "path": "reference",
+        }
+    )
+    result = minimize(
+        objective,
+        w0,
+        opt,
+        max_iter=max_iter,
+        tol=tol,
+        divergence_patience=divergence_patience,
+        checkpoint=checkpoint,
+        fingerprint=fingerprint,
+    )
     return result, layout, norm
 
 

@@ -365,6 +365,8 @@ def _sample_items(
         if accepted_sorted.size:
             at = np.minimum(np.searchsorted(accepted_sorted, codes), accepted_sorted.size - 1)
             codes = codes[accepted_sorted[at] != codes]
+        if codes.size == 0:  # every draw this round was a repeat
+            continue
         order = np.argsort(codes, kind="stable")
         ordered = codes[order]
         first = order[np.concatenate([[True], ordered[1:] != ordered[:-1]])]

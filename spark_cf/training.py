@@ -140,8 +140,12 @@ def minimize(
         resumed_from = iteration
         t0 = time.perf_counter()
         ev = objective(w)
-        log.info("resumed from the checkpoint at iteration %d (cost %.6g) in %s",
-                 iteration, ev.cost, checkpoint.directory)
+        log.info(
+            "resumed from the checkpoint at iteration %d (cost %.6g) in %s",
+            iteration,
+            ev.cost,
+            checkpoint.directory,
+        )
     else:
         w = np.array(w0, dtype=np.float64, copy=True)
         iteration = 0
@@ -149,8 +153,12 @@ def minimize(
         ev = objective(w)
         optimizer.evaluations += 1
         history = [_record(0, ev, time.perf_counter() - t0, optimizer.evaluations)]
-        log.info("iteration 0: cost %.6g, |grad| %.4g, train RMSE %.4f",
-                 ev.cost, history[0]["grad_norm"], ev.train_rmse)
+        log.info(
+            "iteration 0: cost %.6g, |grad| %.4g, train RMSE %.4f",
+            ev.cost,
+            history[0]["grad_norm"],
+            ev.train_rmse,
+        )
     _check_finite(ev, w, iteration, optimizer.name)
     initial_cost = history[0]["cost"]
     stop_reason = "max_iter"
@@ -183,9 +191,14 @@ def minimize(
         mean_seconds = (time.perf_counter() - started) / max(done - (resumed_from or 0), 1)
         log.info(
             "iteration %d/%d: cost %.10g, |grad| %.4g, train RMSE %.4f%s, %.3f s, ~%.0f s left",
-            iteration, max_iter, ev.cost, history[-1]["grad_norm"], ev.train_rmse,
+            iteration,
+            max_iter,
+            ev.cost,
+            history[-1]["grad_norm"],
+            ev.train_rmse,
             f", validation RMSE {ev.val_rmse:.4f}" if ev.val_count else "",
-            seconds, mean_seconds * (max_iter - iteration),
+            seconds,
+            mean_seconds * (max_iter - iteration),
         )
         if callback is not None:
             callback(iteration, time.perf_counter() - started, ev.cost)
@@ -193,8 +206,13 @@ def minimize(
             io.save_checkpoint(
                 checkpoint.directory,
                 fingerprint,
-                {"w": w, "iteration": iteration, "history": history, "rises": rises,
-                 "optimizer": optimizer.state_dict()},
+                {
+                    "w": w,
+                    "iteration": iteration,
+                    "history": history,
+                    "rises": rises,
+                    "optimizer": optimizer.state_dict(),
+                },
             )
         if optimizer.stalled:
             stop_reason = "no_progress"
@@ -203,8 +221,14 @@ def minimize(
             stop_reason = "converged"
             break
     total = time.perf_counter() - started
-    log.info("training stopped after %d iterations (%s), cost %.10g, %d evaluations, %.1f s",
-             iteration, stop_reason, ev.cost, optimizer.evaluations, total)
+    log.info(
+        "training stopped after %d iterations (%s), cost %.10g, %d evaluations, %.1f s",
+        iteration,
+        stop_reason,
+        ev.cost,
+        optimizer.evaluations,
+        total,
+    )
     return TrainResult(
         w=w,
         history=history,
@@ -223,4 +247,3 @@ def fingerprint_of(parts: dict[str, Any]) -> str:
 
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-

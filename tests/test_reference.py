@@ -20,10 +20,38 @@ from spark_cf.reference import (
 Y = np.array([[16, 2, 3], [5, 11, 10], [9, 7, 6], [4, 14, 15]], dtype=float)
 R = np.array([[1, 0, 1], [1, 1, 1], [0, 0, 1], [1, 1, 0]])
 PARAMS = np.arange(1, 15) / 10.0
-GRAD_REG0 = [-16.188, -23.544, -5.159, -14.972, -21.438, -30.462, -6.566, -19.544,
-             -3.423, -7.028, -3.414, -12.259, -16.060, -9.742]
-GRAD_REG6 = [-15.588, -22.344, -3.359, -12.572, -18.438, -26.862, -2.366, -14.744,
-             1.977, -1.028, 3.186, -5.059, -8.260, -1.342]
+GRAD_REG0 = [
+    -16.188,
+    -23.544,
+    -5.159,
+    -14.972,
+    -21.438,
+    -30.462,
+    -6.566,
+    -19.544,
+    -3.423,
+    -7.028,
+    -3.414,
+    -12.259,
+    -16.060,
+    -9.742,
+]
+GRAD_REG6 = [
+    -15.588,
+    -22.344,
+    -3.359,
+    -12.572,
+    -18.438,
+    -26.862,
+    -2.366,
+    -14.744,
+    1.977,
+    -1.028,
+    3.186,
+    -5.059,
+    -8.260,
+    -1.342,
+]
 
 
 def course_parameters() -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +70,9 @@ def unrolled(dX: np.ndarray, dTheta: np.ndarray) -> np.ndarray:
     return np.concatenate([dX.ravel(order="F"), dTheta.ravel(order="F")])
 
 
-@pytest.mark.parametrize(("reg", "cost", "grad"), [(0.0, 311.63, GRAD_REG0), (6.0, 342.08, GRAD_REG6)])
+@pytest.mark.parametrize(
+    ("reg", "cost", "grad"), [(0.0, 311.63, GRAD_REG0), (6.0, 342.08, GRAD_REG6)]
+)
 def test_course_values(reg, cost, grad):
     X, Theta = course_parameters()
     J, dX, dTheta = cost_and_gradients(X, Theta, *observed(R, Y), reg)
@@ -112,8 +142,16 @@ def test_gradient_check_biased(seed):
     w = layout.pack(X, Theta, rng.standard_normal(X.shape[0]), rng.standard_normal(Theta.shape[0]))
 
     def parts(v):
-        return biased_cost_and_gradients(layout.X(v), layout.Theta(v), layout.item_bias(v),
-                                         layout.user_bias(v), items, users, y, 0.7)
+        return biased_cost_and_gradients(
+            layout.X(v),
+            layout.Theta(v),
+            layout.item_bias(v),
+            layout.user_bias(v),
+            items,
+            users,
+            y,
+            0.7,
+        )
 
     _, dX, dT, dbi, dbu = parts(w)
     numeric = numerical_gradient(lambda v: parts(v)[0], w)
@@ -160,8 +198,17 @@ def low_rank_ratings(seed=0, users=60, items=40, rank=3, density=0.4):
 def test_every_optimizer_decreases_the_cost(optimizer, lr):
     i, u, y, items, users = low_rank_ratings()
     result, layout, norm = train_reference(
-        i, u, y, items, users, rank=3, reg=0.1, optimizer=optimizer,
-        settings=OptimizerSettings(learning_rate=lr), max_iter=150, tol=0.0,
+        i,
+        u,
+        y,
+        items,
+        users,
+        rank=3,
+        reg=0.1,
+        optimizer=optimizer,
+        settings=OptimizerSettings(learning_rate=lr),
+        max_iter=150,
+        tol=0.0,
     )
     costs = [h["cost"] for h in result.history]
     assert result.iterations == 150 or result.stop_reason == "no_progress"
@@ -176,9 +223,19 @@ def test_every_optimizer_decreases_the_cost(optimizer, lr):
 
 def test_gd_tolerance_stops_early():
     i, u, y, items, users = low_rank_ratings()
-    result, _, _ = train_reference(i, u, y, items, users, rank=3, reg=0.1, optimizer="gd",
-                                   settings=OptimizerSettings(learning_rate=0.005),
-                                   max_iter=5000, tol=1e-4)
+    result, _, _ = train_reference(
+        i,
+        u,
+        y,
+        items,
+        users,
+        rank=3,
+        reg=0.1,
+        optimizer="gd",
+        settings=OptimizerSettings(learning_rate=0.005),
+        max_iter=5000,
+        tol=1e-4,
+    )
     assert result.stop_reason == "converged"
     costs = [h["cost"] for h in result.history]
     assert (costs[-2] - costs[-1]) / costs[-2] < 1e-4

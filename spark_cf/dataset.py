@@ -1,0 +1,127 @@
+"""From validated ratings to training data: indices, the held-out split, normalisation.
+
+The split is decided per rating from a hash of (user, item, seed) (``random``) or per
+user by time (``time``: each user's most recent ratings), so it does not depend on the
+partitioning. The normalisation means are summed exactly (as decimals) for the same
+reason: the same input gives the same bits whatever the partitioning and the cores.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+
+import numpy as np
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from spark_cf.indexing import ITEM_IDX, USER_IDX, IdIndex, apply_index, build_index
+from spark_cf.reference import Normalization
+from spark_cf.validation import RATING, TIMESTAMP
+
+log = logging.getLogger(__name__)
+
+IS_VAL = "is_val"
+_HASH_SCALE = float(2**63)
+
+
+def tag_holdout(
+    df: DataFrame, *, fraction: float, split: str, seed: int, user_col: str, item_col: str
+) -> DataFrame:
+    """Add a boolean ``is_val``: True for the ratings held out for evaluation.
+
+    ``random``: a rating is held out when a hash of (user, item, seed) mapped to [0, 1)
+    is below ``fraction``. ``time``: each user's ``floor(fraction * n_u)`` most recent
+    ratings (ties by item) are held out, so a user with one rating keeps it for training.
+    """
+    if fraction <= 0:
+        return df.withColumn(IS_VAL, F.lit(False))
+    if split == "random":
+        h = F.abs(F.xxhash64(F.col(user_col), F.col(item_col), F.lit(seed)).cast("double"))
+        return df.withColumn(IS_VAL, (h / F.lit(_HASH_SCALE)) < F.lit(fraction))
+    if split == "time":
+        by_user = Window.partitionBy(user_col)
+        recent = Window.partitionBy(user_col).orderBy(F.col(TIMESTAMP).desc(), F.col(item_col))
+        n_val = F.floor(F.count(F.lit(1)).over(by_user) * F.lit(fraction))
+        return df.withColumn(IS_VAL, F.row_number().over(recent) <= n_val)
+    raise ValueError(f"unknown split {split!r}")
+
+
+def fit_normalization_spark(
+    df: DataFrame, num_items: int, *, mean_normalization: bool, biases: bool
+) -> Normalization:
+    """Item means or the global mean over the training rows (``is_val`` false), exactly.
+
+    Matches :func:`spark_cf.reference.fit_normalization` up to the last bit of the sums:
+    ratings are summed as decimals, then divided once.
+    """
+    zeros = np.zeros(num_items)
+    if not mean_normalization:
+        return Normalization(zeros, 0.0)
+    train = df.where(~F.col(IS_VAL))
+    exact = F.sum(F.col(RATING).cast("decimal(38,18)"))
+    if biases:
+        row = train.agg(exact.alias("s"), F.count(F.lit(1)).alias("n")).collect()[0]
+        mean = float(Decimal(row["s"]) / row["n"]) if row["n"] else 0.0
+        return Normalization(zeros, mean)
+    means = np.zeros(num_items)
+    for row in (
+        train.groupBy(ITEM_IDX).agg(exact.alias("s"), F.count(F.lit(1)).alias("n")).collect()
+    ):
+        means[row[ITEM_IDX]] = float(Decimal(row["s"]) / row["n"])
+    return Normalization(means, 0.0)
+
+
+@dataclass
+class TrainingData:
+    """Indexed ratings with the split, the id index, the normalisation and the counts."""
+
+    ratings: DataFrame  # user_id, item_id, rating, [timestamp], user_idx, item_idx, is_val
+    index: IdIndex
+    normalization: Normalization
+    num_train: int
+    num_val: int
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The indexed ratings on the driver (item_idx, user_idx, rating, is_val), sorted
+        by (user_idx, item_idx): for the NumPy reference and for verification."""
+        table = self.ratings.select(ITEM_IDX, USER_IDX, RATING, IS_VAL).toArrow()
+        out = {name: table.column(name).to_numpy() for name in table.column_names}
+        order = np.lexsort((out[ITEM_IDX], out[USER_IDX]))
+        return {name: np.ascontiguousarray(values[order]) for name, values in out.items()}
+
+
+def prepare(
+    ratings: DataFrame,
+    *,
+    holdout_fraction: float,
+    split: str,
+    seed: int,
+    mean_normalization: bool,
+    biases: bool,
+) -> TrainingData:
+    """Index the ratings, tag the held-out split, and fit the normalisation."""
+    index = build_index(ratings)
+    indexed = apply_index(ratings, index)
+    tagged = tag_holdout(
+        indexed,
+        fraction=holdout_fraction,
+        split=split,
+        seed=seed,
+        user_col=USER_IDX,
+        item_col=ITEM_IDX,
+    ).cache()
+    counts = {row[IS_VAL]: row["count"] for row in tagged.groupBy(IS_VAL).count().collect()}
+    norm = fit_normalization_spark(
+        tagged, index.num_items, mean_normalization=mean_normalization, biases=biases
+    )
+    data = TrainingData(tagged, index, norm, counts.get(False, 0), counts.get(True, 0))
+    log.info(
+        "training data: %d users, %d items, %d training and %d held-out ratings",
+        index.num_users,
+        index.num_items,
+        data.num_train,
+        data.num_val,
+    )
+    return data

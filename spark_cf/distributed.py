@@ -1,0 +1,343 @@
+"""The Spark side of training: ratings cached as NumPy blocks, one Spark job per evaluation.
+
+Users are cut into ``num_user_blocks`` contiguous index ranges and items into
+``num_item_blocks``; block ``(b_u, b_i)`` holds the ratings of users in range ``b_u`` on items
+in range ``b_i`` as compact NumPy arrays (built once, cached by Spark). An evaluation of
+the objective at ``w``:
+
+1. broadcasts ``w`` (X, Theta and the biases, one float64 vector);
+2. runs the per-block kernel (:func:`spark_cf.kernel.block_gradients`) on every block; a
+   Python worker keeps the prepared block (sort orders, segment starts) between jobs;
+3. collects the partial sums and adds them on the driver *in block order*, so the result
+   does not depend on which task finished first or how many cores there are;
+4. adds the regularisation, destroys the broadcast and returns an
+   :class:`~spark_cf.optimizers.Evaluation`.
+
+No lineage grows across iterations: each job reads the same cached RDD.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from spark_cf import kernel
+from spark_cf.dataset import IS_VAL
+from spark_cf.indexing import ITEM_IDX, USER_IDX
+from spark_cf.optimizers import Evaluation
+from spark_cf.params import Layout
+from spark_cf.reference import Normalization
+from spark_cf.validation import RATING
+
+log = logging.getLogger(__name__)
+
+#: ratings per user block when the number of blocks is chosen automatically
+AUTO_RATINGS_PER_BLOCK = 1_000_000
+AUTO_MAX_BLOCKS = 16
+
+
+def choose_blocks(
+    num_ratings: int, num_user_blocks: int, num_item_blocks: int, cores: int
+) -> tuple[int, int]:
+    """The block grid: the configured numbers, or for 0 one chosen from the data and cores.
+
+    Automatic: at least one user block per core (so every core works), and more for
+    large inputs (about one million ratings per block, at most 16); one item block.
+    Different grids sum the partial gradients in a different order, so results agree to
+    rounding (about 1e-12) but not to the bit: set the numbers explicitly to get
+    bit-identical models on machines with different core counts.
+    """
+    users = num_user_blocks or max(
+        1, min(AUTO_MAX_BLOCKS, max(cores, math.ceil(num_ratings / AUTO_RATINGS_PER_BLOCK)))
+    )
+    items = num_item_blocks or 1
+    return users, items
+
+
+def range_starts(size: int, blocks: int) -> np.ndarray:
+    """Start of each of ``blocks`` near-equal contiguous ranges over ``size`` (and the end).
+
+    Element ``u`` falls in block ``u * blocks // size``.
+    """
+    return np.array([-(-b * size // blocks) for b in range(blocks + 1)], dtype=np.int64)
+
+
+def _payload_rows(
+    batches: Iterator,
+    *,
+    num_users: int,
+    num_items: int,
+    user_blocks: int,
+    item_blocks: int,
+    offsets_item: np.ndarray,
+    offset_global: float,
+) -> Iterator:
+    """mapInArrow body: Arrow batches of ratings to one row per (block, batch) with the
+    block's local indices and normalised ratings as raw bytes."""
+    import pyarrow as pa
+
+    u_starts = range_starts(num_users, user_blocks)
+    i_starts = range_starts(num_items, item_blocks)
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        users = batch.column(USER_IDX).to_numpy().astype(np.int64)
+        items = batch.column(ITEM_IDX).to_numpy().astype(np.int64)
+        y = batch.column(RATING).to_numpy().astype(np.float64) - offsets_item[items] - offset_global
+        val = batch.column(IS_VAL).to_numpy(zero_copy_only=False).astype(bool)
+        ub = users * user_blocks // num_users
+        ib = items * item_blocks // num_items
+        block = ub * item_blocks + ib
+        order = np.argsort(block, kind="stable")
+        block_sorted = block[order]
+        ids, starts = np.unique(block_sorted, return_index=True)
+        ends = np.append(starts[1:], len(order))
+        out_ids, out_u, out_i, out_y, out_v = [], [], [], [], []
+        for bid, s, e in zip(ids, starts, ends):
+            sel = order[s:e]
+            b_u, b_i = divmod(int(bid), item_blocks)
+            out_ids.append(int(bid))
+            out_u.append((users[sel] - u_starts[b_u]).astype(np.int32).tobytes())
+            out_i.append((items[sel] - i_starts[b_i]).astype(np.int32).tobytes())
+            out_y.append(y[sel].tobytes())
+            out_v.append(val[sel].tobytes())
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array(out_ids, pa.int32()),
+                pa.array(out_u, pa.binary()),
+                pa.array(out_i, pa.binary()),
+                pa.array(out_y, pa.binary()),
+                pa.array(out_v, pa.binary()),
+            ],
+            names=["block", "users", "items", "y", "val"],
+        )
+
+
+def _assemble(
+    chunks: Iterator,
+    *,
+    key: str,
+    num_users: int,
+    num_items: int,
+    user_blocks: int,
+    item_blocks: int,
+) -> Iterator:
+    """Concatenate a block's chunks into one payload tuple, ratings sorted by (item, user)."""
+    u_starts = range_starts(num_users, user_blocks)
+    i_starts = range_starts(num_items, item_blocks)
+    grouped: dict[int, list] = {}
+    for bid, parts in chunks:
+        grouped.setdefault(bid, []).append(parts)
+    for bid in sorted(grouped):
+        parts = grouped[bid]
+        users = np.concatenate([np.frombuffer(p[0], dtype=np.int32) for p in parts])
+        items = np.concatenate([np.frombuffer(p[1], dtype=np.int32) for p in parts])
+        y = np.concatenate([np.frombuffer(p[2], dtype=np.float64) for p in parts])
+        val = np.concatenate([np.frombuffer(p[3], dtype=bool) for p in parts])
+        order = np.lexsort((users, items))
+        b_u, b_i = divmod(bid, item_blocks)
+        yield kernel.BlockPayload(
+            key=key,
+            block_id=bid,
+            user_start=int(u_starts[b_u]),
+            num_users=int(u_starts[b_u + 1] - u_starts[b_u]),
+            item_start=int(i_starts[b_i]),
+            num_items=int(i_starts[b_i + 1] - i_starts[b_i]),
+            users=users[order],
+            items=items[order],
+            y=y[order],
+            is_val=val[order],
+        )
+
+
+class BlockedRatings:
+    """The training ratings cached in Spark as NumPy blocks, and the objective over them."""
+
+    def __init__(
+        self,
+        data: DataFrame,
+        *,
+        num_users: int,
+        num_items: int,
+        normalization: Normalization,
+        user_blocks: int,
+        item_blocks: int,
+    ) -> None:
+        self.num_users = num_users
+        self.num_items = num_items
+        self.user_blocks = user_blocks
+        self.item_blocks = item_blocks
+        self.num_blocks = user_blocks * item_blocks
+        self.key = uuid.uuid4().hex
+        spark = data.sparkSession
+        self.sc = spark.sparkContext
+        offsets_item = normalization.item_means
+        offset_global = normalization.global_mean
+        sizes = dict(
+            num_users=num_users,
+            num_items=num_items,
+            user_blocks=user_blocks,
+            item_blocks=item_blocks,
+        )
+
+        def to_payload(batches):
+            return _payload_rows(
+                batches, offsets_item=offsets_item, offset_global=offset_global, **sizes
+            )
+
+        schema = "block int, users binary, items binary, y binary, val binary"
+        chunks = (
+            data.select(F.col(USER_IDX).cast("int"), F.col(ITEM_IDX).cast("int"), RATING, IS_VAL)
+            .mapInArrow(to_payload, schema)
+            .rdd.map(lambda r: (r["block"], (r["users"], r["items"], r["y"], r["val"])))
+        )
+        partitions = min(self.num_blocks, max(self.sc.defaultParallelism, 1) * 2)
+        key = self.key
+        self.rdd = (
+            chunks.partitionBy(partitions, lambda bid: bid)
+            .mapPartitions(lambda it: _assemble(it, key=key, **sizes), preservesPartitioning=True)
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        self.rdd.setName(f"spark-cf blocks {user_blocks}x{item_blocks}")
+        summary = self.rdd.map(
+            lambda p: (p.block_id, len(p.y), int(p.is_val.sum()), float(np.sum(p.y)))
+        ).collect()
+        self.block_sizes = {bid: n for bid, n, _, _ in summary}
+        self.num_ratings = sum(n for _, n, _, _ in summary)
+        self.num_val = sum(v for _, _, v, _ in summary)
+        self.checksum = math.fsum(s for _, _, _, s in summary)
+        log.info(
+            "cached %d ratings in %d blocks (%dx%d) over %d partitions",
+            self.num_ratings,
+            len(summary),
+            user_blocks,
+            item_blocks,
+            partitions,
+        )
+
+    def objective(self, layout: Layout, reg: float):
+        """``f(w) -> Evaluation``: one Spark job over the cached blocks."""
+        return SparkObjective(self, layout, reg)
+
+    def unpersist(self) -> None:
+        self.rdd.unpersist()
+
+
+class SparkObjective:
+    """The objective over :class:`BlockedRatings`; see the module docstring."""
+
+    def __init__(self, blocks: BlockedRatings, layout: Layout, reg: float) -> None:
+        if (layout.num_users, layout.num_items) != (blocks.num_users, blocks.num_items):
+            raise ValueError("layout sizes differ from the blocked ratings")
+        self.blocks = blocks
+        self.layout = layout
+        self.reg = float(reg)
+
+    def __call__(self, w: np.ndarray) -> Evaluation:
+        return self.evaluate_many([w])[0]
+
+    def evaluate_many(self, points: Sequence[np.ndarray]) -> list[Evaluation]:
+        """Evaluate several parameter vectors in one Spark job (one pass over the blocks)."""
+        layout = self.layout
+        bc = self.blocks.sc.broadcast(list(points))
+        try:
+            per_block = self.blocks.rdd.map(
+                lambda payload: [kernel.block_gradients_flat(payload, w, layout) for w in bc.value]
+            ).collect()
+        finally:
+            bc.destroy()
+        per_block.sort(key=lambda results: results[0].block_id)
+        return [
+            self._assemble(w, [results[k] for results in per_block]) for k, w in enumerate(points)
+        ]
+
+    def _assemble(self, w: np.ndarray, results: list[kernel.BlockResult]) -> Evaluation:
+        """Add the blocks' partial sums in block order, then the regularisation."""
+        layout = self.layout
+        grad = np.zeros(layout.size)
+        dX, dTheta = layout.X(grad), layout.Theta(grad)
+        dbi, dbu = layout.item_bias(grad), layout.user_bias(grad)
+        sse = val_sse = 0.0
+        count = val_count = 0
+        for r in results:
+            (us, ue), (is_, ie) = self._ranges(r.block_id)
+            dX[is_:ie] += r.d_item_factors
+            dTheta[us:ue] += r.d_user_factors
+            if layout.biases:
+                dbi[is_:ie] += r.d_item_bias
+                dbu[us:ue] += r.d_user_bias
+            sse += r.sse
+            count += r.count
+            val_sse += r.val_sse
+            val_count += r.val_count
+        cost = 0.5 * sse + 0.5 * self.reg * float(w @ w)
+        grad += self.reg * w
+        return Evaluation(cost, grad, sse, count, val_sse, val_count)
+
+    def _ranges(self, block_id: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        b = self.blocks
+        b_u, b_i = divmod(block_id, b.item_blocks)
+        u = range_starts(b.num_users, b.user_blocks)
+        i = range_starts(b.num_items, b.item_blocks)
+        return (int(u[b_u]), int(u[b_u + 1])), (int(i[b_i]), int(i[b_i + 1]))
+
+
+class SharedEvaluations:
+    """Lets several trainings over the same blocks share Spark jobs.
+
+    Each training (in its own driver thread) evaluates through :meth:`proxy`; once every
+    training still running is waiting for an evaluation, one Spark job evaluates all their
+    points (:meth:`SparkObjective.evaluate_many`). A training that ends calls :meth:`done`.
+    The results are exactly those of separate jobs: each point is summed on its own.
+    """
+
+    def __init__(self, objective: SparkObjective, runs: int) -> None:
+        self.objective = objective
+        self.active = runs
+        self.jobs = 0
+        self._pending: dict[object, np.ndarray] = {}
+        self._results: dict[object, object] = {}
+        self._cond = threading.Condition()
+
+    def proxy(self, key: object):
+        """The objective for the training called ``key``."""
+
+        def evaluate(w: np.ndarray) -> Evaluation:
+            with self._cond:
+                self._pending[key] = w
+                self._run_if_all_waiting()
+                while key not in self._results:
+                    self._cond.wait()
+                result = self._results.pop(key)
+            if isinstance(result, BaseException):
+                raise result
+            return result
+
+        return evaluate
+
+    def done(self) -> None:
+        """Say that one training has ended (successfully or not)."""
+        with self._cond:
+            self.active -= 1
+            self._run_if_all_waiting()
+
+    def _run_if_all_waiting(self) -> None:
+        if not self._pending or len(self._pending) < self.active:
+            return
+        keys = list(self._pending)
+        points = [self._pending.pop(k) for k in keys]
+        try:
+            results: list = self.objective.evaluate_many(points)
+        except Exception as exc:  # every waiting training gets the failure
+            results = [exc] * len(keys)
+        self.jobs += 1
+        self._results.update(zip(keys, results))
+        self._cond.notify_all()

@@ -1,0 +1,202 @@
+"""Input checks: schema errors up front, bad rows to quarantine, duplicates by policy.
+
+The functions here are pure transforms (DataFrame in, DataFrame out, no action), except
+:func:`check_schema`, which only looks at the schema. Rows are never dropped silently:
+each is either used, quarantined with a ``reason``, or merged into a duplicate pair
+(counted by :mod:`spark_cf.ingest`).
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from spark_cf.errors import SchemaError
+
+#: The canonical column names after ingest (the output tables use these too).
+USER, ITEM, RATING, TIMESTAMP = "user_id", "item_id", "rating", "timestamp"
+REASON = "reason"
+
+ID_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.StringType)
+RATING_TYPES = (
+    T.ByteType,
+    T.ShortType,
+    T.IntegerType,
+    T.LongType,
+    T.FloatType,
+    T.DoubleType,
+    T.DecimalType,
+)
+TIMESTAMP_TYPES = (
+    T.IntegerType,
+    T.LongType,
+    T.TimestampType,
+    T.TimestampNTZType,
+    T.DateType,
+    T.DoubleType,
+)
+
+
+def _type_name(dtype: T.DataType) -> str:
+    return dtype.simpleString()
+
+
+def check_schema(
+    df: DataFrame,
+    *,
+    user_col: str,
+    item_col: str,
+    rating_col: str,
+    timestamp_col: str = "",
+) -> None:
+    """Fail before any work when a column is missing or has a type we cannot use.
+
+    Ids may be integers (up to int64) or strings; ratings any numeric type; the optional
+    timestamp an integer (epoch seconds), a double, a timestamp or a date.
+    """
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    wanted = [
+        ("input.user_col", user_col, ID_TYPES, "an integer or string id"),
+        ("input.item_col", item_col, ID_TYPES, "an integer or string id"),
+        ("input.rating_col", rating_col, RATING_TYPES, "a number"),
+    ]
+    if timestamp_col:
+        wanted.append(
+            (
+                "input.timestamp_col",
+                timestamp_col,
+                TIMESTAMP_TYPES,
+                "epoch seconds, a timestamp or a date",
+            )
+        )
+    for key, col, types, what in wanted:
+        if col not in fields:
+            raise SchemaError(
+                f"input has no column {col!r} ({key}); its columns are "
+                f"{', '.join(sorted(fields))}: set {key} to the right name"
+            )
+        if not isinstance(fields[col], types):
+            raise SchemaError(
+                f"input column {col!r} ({key}) has type {_type_name(fields[col])}, expected {what}"
+            )
+
+
+def _timestamp_seconds(col: Column, dtype: T.DataType) -> Column:
+    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):
+        return F.unix_timestamp(col).cast("long")
+    if isinstance(dtype, T.DateType):
+        return F.unix_timestamp(col.cast("timestamp")).cast("long")
+    return col.cast("long")
+
+
+def tag_reasons(
+    df: DataFrame,
+    *,
+    user_col: str,
+    item_col: str,
+    rating_col: str,
+    timestamp_col: str = "",
+    rating_min: float,
+    rating_max: float,
+) -> DataFrame:
+    """Add a ``reason`` column: null for a usable row, else why the row cannot be used.
+
+    The first failing check names the row's reason, in this order: null or empty user id,
+    null or empty item id, null rating, NaN rating, infinite rating, rating out of range,
+    null timestamp (only when a timestamp column is configured).
+    """
+    dtypes = {f.name: f.dataType for f in df.schema.fields}
+    rating = F.col(rating_col).cast("double")
+
+    def missing(col: str) -> Column:
+        c = F.col(col)
+        if isinstance(dtypes[col], T.StringType):
+            return c.isNull() | (F.trim(c) == "")
+        return c.isNull()
+
+    checks: list[tuple[Column, str]] = [
+        (missing(user_col), f"null or empty {user_col}"),
+        (missing(item_col), f"null or empty {item_col}"),
+        (F.col(rating_col).isNull(), f"null {rating_col}"),
+        (F.isnan(rating), f"{rating_col} is NaN"),
+        (F.abs(rating) == float("inf"), f"{rating_col} is infinite"),
+        (
+            (rating < rating_min) | (rating > rating_max),
+            f"{rating_col} outside [{rating_min:g}, {rating_max:g}]",
+        ),
+    ]
+    if timestamp_col:
+        checks.append((F.col(timestamp_col).isNull(), f"null {timestamp_col}"))
+    reason = F.lit(None).cast("string")
+    for cond, text in reversed(checks):
+        reason = F.when(cond, F.lit(text)).otherwise(reason)
+    return df.withColumn(REASON, reason)
+
+
+def canonical(
+    df: DataFrame,
+    *,
+    user_col: str,
+    item_col: str,
+    rating_col: str,
+    timestamp_col: str = "",
+) -> DataFrame:
+    """The usable rows under canonical names: user_id, item_id (raw types), rating double,
+    and timestamp (epoch seconds, long) when configured. String ids are trimmed."""
+    dtypes = {f.name: f.dataType for f in df.schema.fields}
+
+    def ident(col: str, name: str) -> Column:
+        c = F.col(col)
+        if isinstance(dtypes[col], T.StringType):
+            return F.trim(c).alias(name)
+        if isinstance(dtypes[col], (T.ByteType, T.ShortType)):
+            return c.cast("int").alias(name)
+        return c.alias(name)
+
+    cols = [
+        ident(user_col, USER),
+        ident(item_col, ITEM),
+        F.col(rating_col).cast("double").alias(RATING),
+    ]
+    if timestamp_col:
+        cols.append(
+            _timestamp_seconds(F.col(timestamp_col), dtypes[timestamp_col]).alias(TIMESTAMP)
+        )
+    return df.select(*cols)
+
+
+def resolve_duplicates(df: DataFrame, policy: str, *, has_timestamp: bool) -> DataFrame:
+    """One row per (user_id, item_id).
+
+    ``latest`` keeps the rating with the newest timestamp (ties: the higher rating);
+    ``mean`` averages the ratings (the timestamp becomes the newest). ``error`` is checked
+    by the caller (it needs an action) and returns the input unchanged here.
+    """
+    if policy == "error":
+        return df
+    if policy == "latest":
+        if not has_timestamp:
+            raise SchemaError("input.duplicates = 'latest' needs input.timestamp_col")
+        best = F.max(F.struct(F.col(TIMESTAMP), F.col(RATING)))
+        return (
+            df.groupBy(USER, ITEM)
+            .agg(best.alias("_best"))
+            .select(
+                USER,
+                ITEM,
+                F.col("_best." + RATING).alias(RATING),
+                F.col("_best." + TIMESTAMP).alias(TIMESTAMP),
+            )
+        )
+    if policy == "mean":
+        aggs = [F.avg(RATING).alias(RATING)]
+        if has_timestamp:
+            aggs.append(F.max(TIMESTAMP).alias(TIMESTAMP))
+        return df.groupBy(USER, ITEM).agg(*aggs)
+    raise ValueError(f"unknown duplicates policy {policy!r}")
+
+
+def duplicate_pairs(df: DataFrame) -> DataFrame:
+    """(user_id, item_id, count) for every pair that occurs more than once."""
+    return df.groupBy(USER, ITEM).count().where(F.col("count") > 1)

@@ -1,0 +1,267 @@
+"""Training on Spark: blocks, parity with the NumPy reference (the whole matrix, on local[1]
+and local[2]), the gradient check on the Spark path, divergence, checkpoints, long runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spark_cf.config import Config
+from spark_cf.dataset import IS_VAL, prepare
+from spark_cf.distributed import BlockedRatings, range_starts
+from spark_cf.errors import CheckpointError, DivergenceError
+from spark_cf.indexing import ITEM_IDX, USER_IDX
+from spark_cf.model import fit
+from spark_cf.params import Layout, initial_parameters
+from spark_cf.reference import cost_and_gradients, numerical_gradient
+from spark_cf.synthetic import SyntheticSpec, write_parquet
+from spark_cf.verify import LBFGS_TRAJECTORY_TOLERANCE
+
+sys.path.insert(0, str(Path(__file__).parent))
+import parity_matrix  # noqa: E402
+
+pytestmark = pytest.mark.spark
+TOL = 1e-9
+
+
+@pytest.fixture(scope="module")
+def ratings_path(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("parity") / "ratings.parquet"
+    write_parquet(
+        SyntheticSpec(
+            num_users=120, num_items=80, num_ratings=2000, true_rank=3, noise=0.5, seed=3
+        ),
+        str(path),
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ratings(spark, ratings_path):
+    return spark.read.parquet(ratings_path).select("user_id", "item_id", "rating")
+
+
+def check_matrix(rows: list[dict]) -> None:
+    combos = {(r["optimizer"], r["biases"], tuple(r["grid"])) for r in rows}
+    assert len(combos) == len(parity_matrix.OPTIMIZERS) * 2 * len(parity_matrix.GRIDS)
+    for r in rows:
+        name = f"{r['optimizer']} biases={r['biases']} grid={r['grid']}"
+        assert r["iterations_spark"] == parity_matrix.ITERATIONS, name
+        # Every point the Spark run evaluated agrees with the reference there.
+        assert r["lockstep_rel_cost"] <= TOL, name
+        assert r["lockstep_rel_grad"] <= TOL, name
+        # The independent trajectories agree after 100 iterations (L-BFGS amplifies the
+        # rounding differences of the two summation orders: see spark_cf.verify).
+        bound = TOL if r["optimizer"] != "lbfgs" else LBFGS_TRAJECTORY_TOLERANCE
+        assert r["iterations_reference"] == r["iterations_spark"], name
+        assert r["max_rel_cost"] <= bound, name
+        assert (
+            max(r["max_abs_item_factors"], r["max_abs_user_factors"], r["max_abs_biases"]) <= bound
+        ), name
+
+
+def test_parity_matrix_local2(ratings):
+    check_matrix(parity_matrix.run_matrix(ratings))
+
+
+@pytest.mark.slow
+def test_parity_matrix_local1(ratings_path, tmp_path):
+    out = tmp_path / "local1.json"
+    proc = subprocess.run(
+        [sys.executable, str(Path(parity_matrix.__file__)), "local[1]", ratings_path, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_matrix(json.loads(out.read_text()))
+
+
+def test_blocks_hold_every_rating_once_in_compact_arrays(ratings):
+    data = prepare(
+        ratings,
+        holdout_fraction=0.25,
+        split="random",
+        seed=1,
+        mean_normalization=True,
+        biases=False,
+    )
+    a = data.arrays()
+    blocks = BlockedRatings(
+        data.ratings,
+        num_users=data.index.num_users,
+        num_items=data.index.num_items,
+        normalization=data.normalization,
+        user_blocks=3,
+        item_blocks=2,
+    )
+    try:
+        payloads = blocks.rdd.collect()
+    finally:
+        blocks.unpersist()
+    assert sorted(p.block_id for p in payloads) == list(range(6))
+    u_starts = range_starts(data.index.num_users, 3)
+    i_starts = range_starts(data.index.num_items, 2)
+    seen = []
+    for p in payloads:
+        b_u, b_i = divmod(p.block_id, 2)
+        assert (p.user_start, p.item_start) == (u_starts[b_u], i_starts[b_i])
+        assert p.users.dtype == np.int32 and p.items.dtype == np.int32
+        assert p.y.dtype == np.float64 and p.is_val.dtype == bool
+        assert (p.users < p.num_users).all() and (p.items < p.num_items).all()
+        assert np.all(np.diff(p.items) >= 0)  # sorted by item
+        seen.append(np.stack([p.users + p.user_start, p.items + p.item_start], axis=1))
+    got = np.concatenate(seen)
+    got = got[np.lexsort((got[:, 1], got[:, 0]))]
+    want = np.stack([a[USER_IDX], a[ITEM_IDX]], axis=1)
+    np.testing.assert_array_equal(got, want)
+    held = sum(int(p.is_val.sum()) for p in payloads)
+    assert held == int(a[IS_VAL].sum()) == data.num_val
+
+
+def test_gradient_check_on_the_spark_path(spark):
+    rng = np.random.default_rng(8)
+    rows = [
+        (int(u), int(i), float(rng.integers(1, 11)) / 2)
+        for u in range(6)
+        for i in range(5)
+        if rng.random() < 0.6
+    ]
+    df = spark.createDataFrame(rows, "user_id long, item_id long, rating double")
+    data = prepare(
+        df, holdout_fraction=0.0, split="random", seed=0, mean_normalization=True, biases=False
+    )
+    blocks = BlockedRatings(
+        data.ratings,
+        num_users=6,
+        num_items=5,
+        normalization=data.normalization,
+        user_blocks=2,
+        item_blocks=2,
+    )
+    try:
+        layout = Layout(5, 6, 2)
+        f = blocks.objective(layout, 0.7)
+        w = initial_parameters(layout, init_scale=1.0, seed=2)
+        numeric = numerical_gradient(lambda v: f(v).cost, w, eps=1e-4)
+        analytic = f(w).grad
+    finally:
+        blocks.unpersist()
+    assert np.linalg.norm(numeric - analytic) / np.linalg.norm(numeric + analytic) < 1e-9
+    # and it is the reference's gradient, computed independently
+    a = data.arrays()
+    y = a["rating"] - data.normalization.offsets(a[ITEM_IDX])
+    _, dX, dT = cost_and_gradients(layout.X(w), layout.Theta(w), a[ITEM_IDX], a[USER_IDX], y, 0.7)
+    np.testing.assert_allclose(analytic, layout.pack(dX, dT), rtol=1e-12, atol=1e-12)
+
+
+def small_config(**train) -> Config:
+    settings = {
+        "optimizer": "gd",
+        "learning_rate": 0.002,
+        "max_iter": 30,
+        "tol": 0.0,
+        "num_user_blocks": 2,
+        "num_item_blocks": 2,
+    }
+    settings.update(train)
+    return Config().replace(model={"rank": 3, "reg": 0.5}, train=settings)
+
+
+@pytest.fixture(scope="module")
+def small_data(ratings):
+    data = prepare(
+        ratings, holdout_fraction=0.2, split="random", seed=3, mean_normalization=True, biases=False
+    )
+    yield data
+    data.ratings.unpersist()
+
+
+def test_divergence_stops_with_a_clear_error(small_data):
+    cfg = small_config(learning_rate=0.5)
+    with pytest.raises(DivergenceError, match="lower train.learning_rate"):
+        fit(small_data, cfg.model, cfg.train)
+    cfg = small_config(optimizer="adam", learning_rate=1e6)
+    with pytest.raises(DivergenceError, match="lower train.learning_rate"):
+        fit(small_data, cfg.model, cfg.train)
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "lbfgs", "adam"])
+def test_checkpoint_and_resume_equal_the_uninterrupted_run(small_data, tmp_path, optimizer):
+    full_cfg = small_config(
+        optimizer=optimizer, learning_rate=0.002 if optimizer != "adam" else 0.01
+    )
+    full_model, full = fit(small_data, full_cfg.model, full_cfg.train)
+
+    ckpt = str(tmp_path / "ckpt")
+    cfg = full_cfg.replace(train={"checkpoint_every": 10, "checkpoint_dir": ckpt})
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_25(iteration, elapsed, cost):
+        if iteration == 25:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(small_data, cfg.model, cfg.train, callback=kill_at_25)
+    resumed_cfg = cfg.replace(train={"resume": True})
+    model, result = fit(small_data, resumed_cfg.model, resumed_cfg.train)
+    assert result.resumed_from == 20
+    np.testing.assert_array_equal(model.item_factors, full_model.item_factors)
+    np.testing.assert_array_equal(model.user_factors, full_model.user_factors)
+    assert [h["cost"] for h in result.history] == [h["cost"] for h in full.history]
+
+    other = resumed_cfg.replace(model={"reg": 0.6})
+    with pytest.raises(CheckpointError, match="another config or input"):
+        fit(small_data, other.model, other.train)
+
+
+def test_a_thousand_iterations_without_growing_lineage(spark):
+    df = spark.createDataFrame(
+        [(1, 1, 4.0), (1, 2, 3.0), (2, 1, 5.0), (3, 2, 2.0)],
+        "user_id long, item_id long, rating double",
+    )
+    data = prepare(
+        df, holdout_fraction=0.0, split="random", seed=0, mean_normalization=True, biases=False
+    )
+    cfg = Config().replace(
+        model={"rank": 2, "reg": 0.1},
+        train={
+            "optimizer": "gd",
+            "learning_rate": 0.05,
+            "max_iter": 1000,
+            "tol": 0.0,
+            "num_user_blocks": 1,
+            "num_item_blocks": 1,
+        },
+    )
+    model, result = fit(data, cfg.model, cfg.train)
+    assert result.iterations == 1000 and len(result.history) == 1001
+    costs = np.array([h["cost"] for h in result.history])
+    assert np.all(np.diff(costs) <= 1e-12)
+
+
+def test_same_result_whatever_the_input_partitioning(ratings):
+    cfg = small_config(max_iter=10)
+    results = []
+    for parts in (1, 5):
+        data = prepare(
+            ratings.repartition(parts),
+            holdout_fraction=0.2,
+            split="random",
+            seed=3,
+            mean_normalization=True,
+            biases=False,
+        )
+        model, _ = fit(data, cfg.model, cfg.train)
+        results.append(model)
+        data.ratings.unpersist()
+    np.testing.assert_array_equal(results[0].item_factors, results[1].item_factors)
+    np.testing.assert_array_equal(results[0].user_factors, results[1].user_factors)
+    np.testing.assert_array_equal(results[0].item_means, results[1].item_means)

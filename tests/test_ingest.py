@@ -1,0 +1,266 @@
+"""Ingest on real Parquet files: schema errors, every quarantine reason, duplicates, counts,
+and the deterministic id index."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
+from spark_cf.config import InputConfig
+from spark_cf.dataset import IS_VAL, prepare, tag_holdout
+from spark_cf.errors import InputError, SchemaError
+from spark_cf.indexing import ITEM_IDX, USER_IDX, apply_index, build_index
+from spark_cf.ingest import ingest
+
+pytestmark = pytest.mark.spark
+
+
+def write(tmp_path, table: pa.Table, name="ratings.parquet") -> str:
+    path = tmp_path / name
+    pq.write_table(table, path)
+    return str(path)
+
+
+def cfg(path, **kw) -> InputConfig:
+    return InputConfig(path=path, **kw)
+
+
+def test_bad_rows_are_quarantined_with_reasons_and_counted(spark, tmp_path):
+    table = pa.table(
+        {
+            "user_id": pa.array([1, 2, None, 4, 5, 6, 7, 8, 9], pa.int64()),
+            "item_id": pa.array([10, 20, 30, None, 50, 60, 70, 80, 90], pa.int64()),
+            "rating": pa.array([4.0, 3.5, 2.0, 1.0, None, float("nan"), float("inf"), 9.0, 0.0]),
+        }
+    )
+    result = ingest(spark, cfg(write(tmp_path, table)))
+    expected_quarantine = spark.createDataFrame(
+        [
+            (None, 30, 2.0, "null or empty user_id"),
+            (4, None, 1.0, "null or empty item_id"),
+            (5, 50, None, "null rating"),
+            (6, 60, float("nan"), "rating is NaN"),
+            (7, 70, float("inf"), "rating is infinite"),
+            (8, 80, 9.0, "rating outside [0.5, 5]"),
+            (9, 90, 0.0, "rating outside [0.5, 5]"),
+        ],
+        "user_id long, item_id long, rating double, reason string",
+    )
+    assert_df_equality(
+        result.quarantine,
+        expected_quarantine,
+        ignore_row_order=True,
+        ignore_nullable=True,
+        allow_nan_equality=True,
+    )
+    expected_used = spark.createDataFrame(
+        [(1, 10, 4.0), (2, 20, 3.5)], "user_id long, item_id long, rating double"
+    )
+    assert_df_equality(result.ratings, expected_used, ignore_row_order=True, ignore_nullable=True)
+    assert result.quarantined == {
+        "null or empty user_id": 1,
+        "null or empty item_id": 1,
+        "null rating": 1,
+        "rating is NaN": 1,
+        "rating is infinite": 1,
+        "rating outside [0.5, 5]": 2,
+    }
+    m = result.metrics()
+    assert (m["rows_read"], m["rows_used"], m["rows_quarantined"], m["duplicates_merged"]) == (
+        9,
+        2,
+        7,
+        0,
+    )
+
+
+def test_string_ids_empty_ids_and_custom_columns(spark, tmp_path):
+    table = pa.table(
+        {
+            "uid": ["u1", " u2 ", "", "u3", None],
+            "movie": ["007", "042", "007", "  ", "042"],
+            "stars": pa.array([5, 3, 4, 2, 1], pa.int32()),
+        }
+    )
+    result = ingest(
+        spark,
+        cfg(
+            write(tmp_path, table),
+            user_col="uid",
+            item_col="movie",
+            rating_col="stars",
+            rating_min=1,
+            rating_max=5,
+        ),
+    )
+    assert result.quarantined == {"null or empty uid": 2, "null or empty movie": 1}
+    expected = spark.createDataFrame(
+        [("u1", "007", 5.0), ("u2", "042", 3.0)], "user_id string, item_id string, rating double"
+    )
+    assert_df_equality(result.ratings, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_missing_column_and_wrong_type_fail_before_work(spark, tmp_path):
+    table = pa.table({"user_id": [1], "item": [2], "rating": [3.0]})
+    with pytest.raises(SchemaError, match=r"no column 'item_id' \(input.item_col\)"):
+        ingest(spark, cfg(write(tmp_path, table)))
+    table = pa.table({"user_id": [1.5], "item_id": [2], "rating": [3.0]})
+    with pytest.raises(SchemaError, match=r"'user_id' \(input.user_col\) has type double"):
+        ingest(spark, cfg(write(tmp_path, table, "b.parquet")))
+    table = pa.table({"user_id": [1], "item_id": [2], "rating": ["good"]})
+    with pytest.raises(SchemaError, match="expected a number"):
+        ingest(spark, cfg(write(tmp_path, table, "c.parquet")))
+    with pytest.raises(InputError, match="does not exist"):
+        ingest(spark, cfg(str(tmp_path / "nowhere")))
+
+
+def test_nothing_left_is_an_error(spark, tmp_path):
+    table = pa.table({"user_id": [1, 2], "item_id": [1, 2], "rating": [7.0, -1.0]})
+    with pytest.raises(InputError, match="no usable ratings: all 2 rows"):
+        ingest(spark, cfg(write(tmp_path, table)))
+
+
+DUPS = pa.table(
+    {
+        "user_id": [1, 1, 1, 2, 2, 3],
+        "item_id": [5, 5, 5, 6, 6, 7],
+        "rating": [1.0, 4.0, 2.0, 3.0, 5.0, 2.5],
+        "ts": pa.array([10, 30, 20, 7, 7, 1], pa.int64()),
+    }
+)
+
+
+def test_duplicates_latest(spark, tmp_path):
+    result = ingest(spark, cfg(write(tmp_path, DUPS), timestamp_col="ts", duplicates="latest"))
+    expected = spark.createDataFrame(
+        [(1, 5, 4.0, 30), (2, 6, 5.0, 7), (3, 7, 2.5, 1)],  # a tie on ts keeps the higher
+        "user_id long, item_id long, rating double, timestamp long",
+    )
+    assert_df_equality(result.ratings, expected, ignore_row_order=True, ignore_nullable=True)
+    assert (result.duplicates_merged, result.duplicate_pairs) == (3, 2)
+    assert result.rows_read == result.rows_used + result.rows_quarantined + 3
+
+
+def test_duplicates_mean(spark, tmp_path):
+    result = ingest(spark, cfg(write(tmp_path, DUPS), duplicates="mean"))
+    got = {(r.user_id, r.item_id): r.rating for r in result.ratings.collect()}
+    assert got == {(1, 5): pytest.approx(7 / 3), (2, 6): 4.0, (3, 7): 2.5}
+    assert result.duplicates_merged == 3
+
+
+def test_duplicates_error_names_pairs(spark, tmp_path):
+    with pytest.raises(
+        InputError,
+        match=r"2 \(user, item\) pairs occur more than once, "
+        r"e.g. \(1, 5\) x3, \(2, 6\) x2",
+    ):
+        ingest(spark, cfg(write(tmp_path, DUPS), duplicates="error"))
+
+
+def test_reads_folders_partitioned_datasets_and_globs(spark, tmp_path):
+    base = tmp_path / "ds"
+    pq.write_to_dataset(
+        pa.table(
+            {
+                "user_id": [1, 2, 3, 4],
+                "item_id": [1, 1, 2, 2],
+                "rating": [1.0, 2, 3, 4],
+                "day": ["a", "a", "b", "b"],
+            }
+        ),
+        str(base),
+        partition_cols=["day"],
+    )
+    assert ingest(spark, cfg(str(base))).rows_used == 4
+    assert ingest(spark, cfg(str(base / "day=a"))).rows_used == 2
+    assert ingest(spark, cfg(str(base / "day=*"))).rows_used == 4
+
+
+def test_index_is_dense_sorted_and_independent_of_partitioning(spark, tmp_path):
+    rng = np.random.default_rng(5)
+    users = rng.choice(10_000, 300, replace=False)
+    items = np.array([f"m{n:04d}" for n in rng.choice(5000, 80, replace=False)])
+    u = rng.choice(users, 2000)
+    i = rng.choice(items, 2000)
+    df = spark.createDataFrame(
+        pa.table({"user_id": u, "item_id": i, "rating": rng.integers(1, 6, 2000) * 1.0})
+    )
+    index = build_index(df)
+    np.testing.assert_array_equal(index.user_ids.to_numpy(), np.unique(u))
+    assert index.item_ids.to_pylist() == sorted(set(i.tolist()))
+    one = apply_index(df.repartition(1), index).select("user_id", "item_id", USER_IDX, ITEM_IDX)
+    many = apply_index(df.repartition(7), build_index(df.repartition(7))).select(
+        "user_id", "item_id", USER_IDX, ITEM_IDX
+    )
+    assert_df_equality(one, many, ignore_row_order=True)
+    row = one.where(F.col("user_id") == int(np.unique(u)[3])).first()
+    assert row[USER_IDX] == 3
+
+
+def test_holdout_split_is_deterministic_and_near_the_fraction(spark):
+    rng = np.random.default_rng(2)
+    n = 20_000
+    df = spark.createDataFrame(
+        pa.table(
+            {
+                USER_IDX: rng.integers(0, 500, n).astype(np.int32),
+                ITEM_IDX: rng.integers(0, 400, n).astype(np.int32),
+                "timestamp": rng.integers(0, 10**6, n),
+            }
+        )
+    ).dropDuplicates([USER_IDX, ITEM_IDX])
+    total = df.count()
+    a = tag_holdout(
+        df.repartition(3),
+        fraction=0.2,
+        split="random",
+        seed=1,
+        user_col=USER_IDX,
+        item_col=ITEM_IDX,
+    )
+    b = tag_holdout(
+        df.repartition(5),
+        fraction=0.2,
+        split="random",
+        seed=1,
+        user_col=USER_IDX,
+        item_col=ITEM_IDX,
+    )
+    assert_df_equality(a, b, ignore_row_order=True)
+    held = a.where(F.col(IS_VAL)).count()
+    assert abs(held / total - 0.2) < 4 * math.sqrt(0.16 / total)
+    # time: each user's most recent floor(0.2 n_u) ratings
+    t = tag_holdout(
+        df, fraction=0.2, split="time", seed=1, user_col=USER_IDX, item_col=ITEM_IDX
+    ).toArrow()
+    uid, ts, val = (t.column(c).to_numpy() for c in (USER_IDX, "timestamp", IS_VAL))
+    for user in np.unique(uid)[:50]:
+        mine = uid == user
+        k = int(np.floor(0.2 * mine.sum()))
+        newest = np.sort(ts[mine])[::-1]
+        assert val[mine].sum() == k
+        if k:
+            assert ts[mine][val[mine]].min() >= newest[k - 1]
+
+
+def test_prepare_normalisation_is_exact_item_means(spark):
+    ratings = spark.createDataFrame(
+        [(1, 1, 0.1), (2, 1, 0.2), (3, 1, 0.7), (1, 2, 4.0), (2, 3, 3.0)],
+        "user_id long, item_id long, rating double",
+    )
+    data = prepare(
+        ratings, holdout_fraction=0.0, split="random", seed=0, mean_normalization=True, biases=False
+    )
+    expected = np.array([np.mean([0.1, 0.2, 0.7]), 4.0, 3.0])
+    np.testing.assert_allclose(data.normalization.item_means, expected, rtol=1e-15)
+    biased = prepare(
+        ratings, holdout_fraction=0.0, split="random", seed=0, mean_normalization=True, biases=True
+    )
+    assert biased.normalization.global_mean == pytest.approx(8.0 / 5, rel=1e-15)
+    assert not biased.normalization.item_means.any()
