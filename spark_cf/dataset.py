@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from spark_cf.indexing import ITEM_IDX, USER_IDX, IdIndex, apply_index, build_index
 from spark_cf.reference import Normalization
-from spark_cf.validation import RATING, TIMESTAMP
+from spark_cf.validation import ITEM, RATING, TIMESTAMP, USER
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ class TrainingData:
     normalization: Normalization
     num_train: int
     num_val: int
+    rating_mean: float = 0.0  # mean of the training ratings
+    fingerprint: str = ""  # order-independent hash of the (user, item, rating) triples
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The indexed ratings on the driver (item_idx, user_idx, rating, is_val), sorted
@@ -112,11 +114,26 @@ def prepare(
         user_col=USER_IDX,
         item_col=ITEM_IDX,
     ).cache()
-    counts = {row[IS_VAL]: row["count"] for row in tagged.groupBy(IS_VAL).count().collect()}
+    stats = {
+        row[IS_VAL]: row
+        for row in tagged.groupBy(IS_VAL)
+        .agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum(F.col(RATING).cast("decimal(38,18)")).alias("s"),
+            F.sum(F.xxhash64(USER, ITEM, RATING).cast("decimal(38,0)")).alias("h"),
+        )
+        .collect()
+    }
+    counts = {key: row["n"] for key, row in stats.items()}
+    train_row = stats.get(False)
+    rating_mean = float(Decimal(train_row["s"]) / train_row["n"]) if train_row else 0.0
+    fingerprint = str(sum(int(row["h"]) for row in stats.values()) % (1 << 64))
     norm = fit_normalization_spark(
         tagged, index.num_items, mean_normalization=mean_normalization, biases=biases
     )
-    data = TrainingData(tagged, index, norm, counts.get(False, 0), counts.get(True, 0))
+    data = TrainingData(
+        tagged, index, norm, counts.get(False, 0), counts.get(True, 0), rating_mean, fingerprint
+    )
     log.info(
         "training data: %d users, %d items, %d training and %d held-out ratings",
         index.num_users,

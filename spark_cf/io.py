@@ -247,3 +247,24 @@ def load_checkpoint(directory: str, fingerprint: str) -> dict[str, Any] | None:
         )
     state.update(iteration=meta["iteration"], rises=meta["rises"], history=meta["history"])
     return state
+
+
+def write_parquet(df, path: str, *, partitions: int | None = None) -> None:
+    """Write ``df`` as Parquet at ``path`` inside a staged run folder (not atomic itself)."""
+    out = df.coalesce(partitions) if partitions else df
+    out.write.mode("overwrite").parquet(path)
+
+
+def write_bytes(spark, path: str, data: bytes) -> None:
+    """Write a small binary file (overwriting)."""
+    fs, hpath = _hadoop(spark, path)
+    stream = fs.create(hpath, True)
+    try:
+        stream.write(bytearray(data))
+    finally:
+        stream.close()
+
+
+def row_counts(spark, root: str, tables) -> dict[str, int]:
+    """Rows of each Parquet table under ``root`` (from the files' footers)."""
+    return {name: spark.read.parquet(f"{root}/{name}").count() for name in tables}

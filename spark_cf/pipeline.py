@@ -8,10 +8,23 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
 
+import numpy as np
+from pyspark.sql import functions as F
+
+from spark_cf import io
 from spark_cf.config import Config
-from spark_cf.dataset import TrainingData, prepare
+from spark_cf.dataset import IS_VAL, TrainingData, prepare
+from spark_cf.evaluation import format_table, ranking_metrics, regression_metrics
+from spark_cf.indexing import ITEM_IDX, USER_IDX
 from spark_cf.ingest import IngestResult, ingest
+from spark_cf.model import CFModel, fit, save_model
+from spark_cf.recommend import RANK, predict, top_n
+from spark_cf.validation import ITEM, RATING, USER
 
 log = logging.getLogger(__name__)
 
@@ -44,3 +57,291 @@ def ingest_and_prepare(
             biases=cfg.model.biases,
         )
     return ingested, data
+
+
+# ------------------------------------------------------------------------- the nightly run
+
+TABLES = ("model", "predictions", "top_n", "quarantine")
+
+
+@dataclass
+class RunOutcome:
+    """Where a run was published and what it measured."""
+
+    path: str
+    metrics: dict[str, Any]
+    table: str = ""
+
+
+def software_versions() -> dict[str, str]:
+    import platform
+
+    import numpy
+    import pyarrow
+    import pyspark
+    import scipy
+
+    from spark_cf import __version__
+
+    return {
+        "spark_cf": __version__,
+        "pyspark": pyspark.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "pyarrow": pyarrow.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_date(cfg: Config) -> str:
+    return cfg.output.run_date or datetime.now(timezone.utc).date().isoformat()
+
+
+def _train(data: TrainingData, cfg: Config, timings: dict[str, float], name: str):
+    with stage(name, timings):
+        return fit(data, cfg.model, cfg.train)
+
+
+def _heldout_metrics(spark, data: TrainingData, model: CFModel, cfg: Config) -> dict[str, Any]:
+    """RMSE/MAE and the @k metrics of the model and the two baselines on the held-out set."""
+    held = data.ratings.where(F.col(IS_VAL)).select(USER, ITEM, RATING, USER_IDX, ITEM_IDX)
+    truth = held.toArrow()
+    users = truth.column(USER_IDX).to_numpy().astype(np.int64)
+    items = truth.column(ITEM_IDX).to_numpy().astype(np.int64)
+    y = truth.column(RATING).to_numpy()
+    item_mean = baseline_item_mean(model, data)
+    global_mean = data.rating_mean
+    scores = {
+        "model": model.predict_indices(users, items),
+        "item_mean": item_mean.predict_indices(users, items),
+        "global_mean": np.full(len(y), global_mean),
+    }
+    lo, hi = cfg.input.rating_min, cfg.input.rating_max
+    out: dict[str, Any] = {}
+    for name, pred in scores.items():
+        pred = np.clip(pred, lo, hi) if cfg.predict.clip else pred
+        out[name] = regression_metrics(y, pred)
+    relevant = y >= cfg.evaluate.relevance_threshold
+    rel_users, rel_items = users[relevant], items[relevant]
+    k = cfg.evaluate.k
+    train_rated = data.ratings.where(~F.col(IS_VAL)).select(USER_IDX, ITEM_IDX)
+    targets = np.unique(rel_users)
+    for name, m in (("model", model), ("item_mean", item_mean)):
+        recs = top_n(
+            spark, m, train_rated, n=k, users=targets, block_size=cfg.recommend.block_size
+        ).toArrow()
+        rec_users = m.index.user_positions(recs.column(USER).combine_chunks())
+        rec_items = m.index.item_positions(recs.column(ITEM).combine_chunks())
+        out[name].update(
+            ranking_metrics(
+                rec_users, rec_items, recs.column(RANK).to_numpy(), rel_users, rel_items, k
+            )
+        )
+    for name in ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k"):
+        out["global_mean"][name] = None  # a constant score ranks nothing
+    return out
+
+
+def baseline_item_mean(model: CFModel, data: TrainingData) -> CFModel:
+    """The item-mean baseline: each item's training mean (the global mean for items with
+    no training rating), as a model with zero factors."""
+    a = (
+        data.ratings.where(~F.col(IS_VAL))
+        .groupBy(ITEM_IDX)
+        .agg(F.sum(F.col(RATING).cast("decimal(38,18)")).alias("s"), F.count(F.lit(1)).alias("n"))
+        .collect()
+    )
+    means = np.full(model.index.num_items, data.rating_mean)
+    for row in a:
+        means[row[ITEM_IDX]] = float(Decimal(row["s"]) / row["n"])
+    zeros_u = np.zeros((model.index.num_users, 1))
+    zeros_i = np.zeros((model.index.num_items, 1))
+    return CFModel(model.index, zeros_i, zeros_u, means, 0.0)
+
+
+def _metrics_table(evaluation: dict[str, dict[str, Any]], k: int) -> str:
+    rows = {name: values for name, values in evaluation.items()}
+    columns = ["rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k"]
+    renamed = {
+        name: {c.replace("_at_k", f"@{k}"): v for c, v in values.items()}
+        for name, values in rows.items()
+    }
+    return format_table(renamed, [c.replace("_at_k", f"@{k}") for c in columns])
+
+
+def run_nightly(spark, cfg: Config) -> RunOutcome:
+    """Ingest, train, evaluate, predict, recommend, and publish one run (see README).
+
+    Everything is written under a staging folder beside the run's final place and moved
+    there at the end, ``_SUCCESS`` last; a failure at any point leaves the published runs
+    as they were.
+    """
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    date = run_date(cfg)
+    final = f"{cfg.output.root.rstrip('/')}/run_date={date}"
+    staged = io.staging_path(final)
+    ingested, data = ingest_and_prepare(spark, cfg, timings)
+    final_data = data
+    try:
+        model, result = _train(data, cfg, timings, "train")
+        evaluation: dict[str, Any] = {}
+        if data.num_val:
+            with stage("evaluate", timings):
+                evaluation = _heldout_metrics(spark, data, model, cfg)
+        else:
+            log.warning("evaluate.holdout_fraction = 0: no held-out ratings, no evaluation")
+        history = {
+            "history": result.history,
+            "iterations": result.iterations,
+            "stop_reason": result.stop_reason,
+            "evaluations": result.evaluations,
+            "seconds": round(result.seconds, 3),
+        }
+        if cfg.evaluate.refit and data.num_val:
+            final_data = prepare(
+                ingested.ratings,
+                holdout_fraction=0.0,
+                split=cfg.evaluate.split,
+                seed=cfg.model.seed,
+                mean_normalization=cfg.model.mean_normalization,
+                biases=cfg.model.biases,
+            )
+            model, result = _train(final_data, cfg, timings, "refit")
+            history["refit"] = {
+                "iterations": result.iterations,
+                "stop_reason": result.stop_reason,
+                "final_cost": result.final_cost,
+            }
+        model.metadata = {
+            "config": cfg.to_dict(),
+            "rank": cfg.model.rank,
+            "reg": cfg.model.reg,
+            "optimizer": cfg.train.optimizer,
+            "iterations": result.iterations,
+            "final_cost": result.final_cost,
+            "stop_reason": result.stop_reason,
+            "input_path": cfg.input.path,
+            "input_fingerprint": data.fingerprint,
+            "rows": ingested.metrics(),
+            "trained_on": final_data.num_train,
+            "refit": bool(cfg.evaluate.refit and data.num_val),
+            "rating_mean": data.rating_mean,
+            "run_date": date,
+            "software": software_versions(),
+            "scoring_rule": "prediction = features(user) . features(item) + mean(item) "
+            "+ bias(item) + bias(user) + global_mean",
+        }
+        with stage("predict", timings):
+            if cfg.predict.pairs:
+                pairs = io.read_parquet(spark, cfg.predict.pairs)
+            else:
+                pairs = data.ratings.where(F.col(IS_VAL)).select(USER, ITEM)
+            clip = (cfg.input.rating_min, cfg.input.rating_max) if cfg.predict.clip else None
+            predictions = predict(
+                pairs,
+                model,
+                unknown_item=cfg.predict.unknown_item,
+                fallback=data.rating_mean,
+                clip=clip,
+            )
+            predictions = predictions.orderBy(USER, ITEM)
+            io.write_parquet(predictions, f"{staged}/predictions")
+        with stage("top_n", timings):
+            wanted, unknown = recommend_targets(model, cfg.recommend.users)
+            # every rating the user gave (training and held-out) counts as rated
+            rated = (
+                final_data.ratings.select(USER_IDX, ITEM_IDX)
+                if cfg.recommend.exclude_rated
+                else None
+            )
+            recs = top_n(
+                spark,
+                model,
+                rated,
+                n=cfg.recommend.top_n,
+                users=wanted,
+                block_size=cfg.recommend.block_size,
+            ).orderBy(USER, RANK)
+            io.write_parquet(recs, f"{staged}/top_n")
+        with stage("publish", timings):
+            save_model(spark, model, f"{staged}/model")
+            io.write_parquet(ingested.quarantine, f"{staged}/quarantine", partitions=1)
+            counts = io.row_counts(spark, staged, ("predictions", "top_n"))
+            metrics = {
+                "run_date": date,
+                "ingest": ingested.metrics(),
+                "training": history,
+                "evaluation": evaluation,
+                "evaluation_k": cfg.evaluate.k,
+                "rows_written": counts,
+                "unknown_recommend_users": unknown,
+                "timings_s": timings,
+            }
+            metrics["timings_s"]["total"] = round(time.perf_counter() - started, 3)
+            io.write_json(spark, f"{staged}/metrics.json", metrics)
+            png = convergence_png(result.history)
+            if png is not None:
+                io.write_bytes(spark, f"{staged}/convergence.png", png)
+            io.write_text(spark, f"{staged}/_SUCCESS", "")
+            io.replace_atomically(spark, staged, final)
+        log.info(
+            "published %s (%s)", final, ", ".join(f"{name} {n} rows" for name, n in counts.items())
+        )
+        return RunOutcome(
+            final, metrics, _metrics_table(evaluation, cfg.evaluate.k) if evaluation else ""
+        )
+    finally:
+        io.delete(spark, staged)
+        ingested.unpersist()
+        data.ratings.unpersist()
+        if final_data is not data:
+            final_data.ratings.unpersist()
+
+
+def recommend_targets(model: CFModel, users: tuple) -> tuple[np.ndarray | None, list]:
+    """Indices of the configured users (None = all) and the raw ids the model does not know."""
+    if not users:
+        return None, []
+    import pyarrow as pa
+
+    raw = pa.array(list(users), type=model.index.user_ids.type)
+    positions = model.index.user_positions(raw)
+    unknown = [u for u, p in zip(users, positions) if p < 0]
+    if unknown:
+        log.warning(
+            "%d users in recommend.users are not in the model (no ratings): %s",
+            len(unknown),
+            unknown[:10],
+        )
+    return positions[positions >= 0], unknown
+
+
+def convergence_png(history: list[dict[str, float]]) -> bytes | None:
+    """J against iteration on a log scale, as PNG bytes; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning(
+            "matplotlib is not installed: no convergence.png (pip install "
+            "'spark-cf[plot]' to get it)"
+        )
+        return None
+    import io as _io
+
+    it = [h["iteration"] for h in history]
+    cost = [h["cost"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.semilogy(it, cost, marker=".")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cost J (log scale)")
+    ax.set_title("convergence")
+    ax.grid(True, which="both", alpha=0.3)
+    buf = _io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

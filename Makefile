@@ -1,0 +1,41 @@
+# spark-cf: the two quick-start commands and a few helpers. Needs Python 3.10+ and Java 17+.
+#   make nightly   install, generate the embedded default data if missing, run the nightly job
+#   make test      install with the test extra and run the test suite
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA := data/synthetic/ratings.parquet
+export PYSPARK_PYTHON := $(abspath $(BIN)/python)
+export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
+
+.PHONY: install nightly test dist bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install -e '.[test,plot]'
+
+$(DATA): | install
+	$(BIN)/python jobs/generate.py --output $(DATA) --num-users 3000 --num-items 1500 \
+		--num-ratings 200000 --true-rank 8 --seed 7
+
+nightly: install $(DATA)
+	$(BIN)/spark-submit --master 'local[2]' --driver-memory 4g jobs/nightly.py --config conf/local.toml
+
+test: install
+	$(BIN)/python -m pytest
+
+# The library as one zip for spark-submit --py-files (see README, "On a cluster").
+dist:
+	mkdir -p dist
+	rm -f dist/spark_cf.zip
+	cd . && $(PYTHON) -c "import zipfile, pathlib; z = zipfile.ZipFile('dist/spark_cf.zip', 'w', zipfile.ZIP_DEFLATED); [z.write(p) for p in sorted(pathlib.Path('spark_cf').rglob('*.py'))]; z.close()"
+
+bench: install
+	$(BIN)/python benchmarks/iteration_speed.py
+
+clean:
+	rm -rf dist build *.egg-info output spark-warehouse

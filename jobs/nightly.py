@@ -1,0 +1,42 @@
+"""The nightly job: ingest, train, evaluate, predict, top-N, and publish one dated run.
+
+    spark-submit jobs/nightly.py --config conf/local.toml [--set section.key=value ...]
+
+Publishes <output.root>/run_date=YYYY-MM-DD/ (model/, predictions/, top_n/, quarantine/,
+metrics.json, convergence.png, _SUCCESS) atomically, then prints where the tables are and
+the evaluation table. Exit 0 on success, 2 on bad input or config (one-line reason), 1 on
+a crash; a failed run leaves every published run as it was.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from spark_cf import cli
+from spark_cf.pipeline import run_nightly
+from spark_cf.session import build_session
+
+
+def main(argv=None) -> int:
+    def body(args, cfg) -> int:
+        spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
+        try:
+            outcome = run_nightly(spark, cfg)
+        finally:
+            spark.stop()
+        print(f"published: {outcome.path}")
+        for table in ("model/user_factors", "model/item_factors", "predictions", "top_n",
+                      "quarantine"):
+            print(f"  {table:<20} {outcome.path}/{table}")
+        print(f"  {'metrics':<20} {outcome.path}/metrics.json")
+        if outcome.table:
+            print()
+            print(f"held-out evaluation (k = {outcome.metrics['evaluation_k']}):")
+            print(outcome.table)
+        return cli.EXIT_OK
+
+    return cli.job_main(__doc__.splitlines()[0], body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
