@@ -29,10 +29,8 @@ test: install
 	$(BIN)/python -m pytest
 
 # The library as one zip for spark-submit --py-files (see README, "On a cluster").
-dist:
-	mkdir -p dist
-	rm -f dist/spark_cf.zip
-	cd . && $(PYTHON) -c "import zipfile, pathlib; z = zipfile.ZipFile('dist/spark_cf.zip', 'w', zipfile.ZIP_DEFLATED); [z.write(p) for p in sorted(pathlib.Path('spark_cf').rglob('*.py'))]; z.close()"
+dist: install
+	$(BIN)/python -m spark_cf.packaging dist/spark_cf.zip
 
 bench: install
 	$(BIN)/python benchmarks/iteration_speed.py

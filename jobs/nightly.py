@@ -25,8 +25,13 @@ def main(argv=None) -> int:
         finally:
             spark.stop()
         print(f"published: {outcome.path}")
-        for table in ("model/user_factors", "model/item_factors", "predictions", "top_n",
-                      "quarantine"):
+        for table in (
+            "model/user_factors",
+            "model/item_factors",
+            "predictions",
+            "top_n",
+            "quarantine",
+        ):
             print(f"  {table:<20} {outcome.path}/{table}")
         print(f"  {'metrics':<20} {outcome.path}/metrics.json")
         if outcome.table:

@@ -83,4 +83,7 @@ def job_main(
         extra_args(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    import spark_cf
+
+    log.info("spark_cf %s from %s", spark_cf.__version__, spark_cf.__file__)
     return run(lambda: body(args, parse_config(args)))

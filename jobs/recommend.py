@@ -1,0 +1,57 @@
+"""Top-N lists from a published model.
+
+    spark-submit jobs/recommend.py --config conf/local.toml --model RUN/model --output PATH
+
+Uses [recommend] (top_n, users, exclude_rated, block_size); with exclude_rated the ratings
+at input.path say what each user already rated. Writes (user_id, rank, item_id, score)
+to --output atomically.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from spark_cf import cli, io
+from spark_cf.indexing import ITEM_IDX, USER_IDX, apply_index
+from spark_cf.ingest import ingest
+from spark_cf.model import load_model
+from spark_cf.pipeline import recommend_targets
+from spark_cf.recommend import RANK, top_n
+from spark_cf.session import build_session
+from spark_cf.validation import USER
+
+
+def main(argv=None) -> int:
+    def extra(parser):
+        parser.add_argument("--model", required=True, help="a published model folder")
+        parser.add_argument("--output", required=True, help="where to write the top-N table")
+
+    def body(args, cfg) -> int:
+        spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
+        try:
+            model = load_model(spark, args.model)
+            rated = None
+            if cfg.recommend.exclude_rated:
+                ingested = ingest(spark, cfg.input)
+                rated = apply_index(ingested.ratings, model.index).select(USER_IDX, ITEM_IDX)
+            wanted, unknown = recommend_targets(model, cfg.recommend.users)
+            recs = top_n(
+                spark,
+                model,
+                rated,
+                n=cfg.recommend.top_n,
+                users=wanted,
+                block_size=cfg.recommend.block_size,
+            ).orderBy(USER, RANK)
+            io.write_table(recs, args.output)
+            rows = spark.read.parquet(args.output).count()
+        finally:
+            spark.stop()
+        print(f"top-N: {args.output} ({rows} rows; {len(unknown)} requested users unknown)")
+        return cli.EXIT_OK
+
+    return cli.job_main(__doc__.splitlines()[0], body, argv, extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

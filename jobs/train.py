@@ -1,0 +1,65 @@
+"""Train only: ingest, train on the training split, publish the model (atomically).
+
+    spark-submit jobs/train.py --config conf/local.toml [--model-out PATH] [--set k=v ...]
+
+Writes user_factors/, item_factors/ and metadata.json to --model-out (default
+<output.root>/model), replacing what was there only once the new model is complete.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from spark_cf import cli, io
+from spark_cf.model import fit, save_model
+from spark_cf.pipeline import ingest_and_prepare, software_versions, stage
+from spark_cf.session import build_session
+
+
+def main(argv=None) -> int:
+    def extra(parser):
+        parser.add_argument("--model-out", help="where to publish the model")
+
+    def body(args, cfg) -> int:
+        target = args.model_out or f"{cfg.output.root.rstrip('/')}/model"
+        spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
+        try:
+            timings: dict[str, float] = {}
+            ingested, data = ingest_and_prepare(spark, cfg, timings)
+            with stage("train", timings):
+                model, result = fit(data, cfg.model, cfg.train)
+            model.metadata = {
+                "config": cfg.to_dict(),
+                "iterations": result.iterations,
+                "final_cost": result.final_cost,
+                "stop_reason": result.stop_reason,
+                "rows": ingested.metrics(),
+                "input_path": cfg.input.path,
+                "input_fingerprint": data.fingerprint,
+                "rating_mean": data.rating_mean,
+                "timings_s": timings,
+                "history": result.history,
+                "software": software_versions(),
+            }
+            staged = io.staging_path(target)
+            try:
+                save_model(spark, model, staged)
+                io.replace_atomically(spark, staged, target)
+            finally:
+                io.delete(spark, staged)
+            ingested.unpersist()
+        finally:
+            spark.stop()
+        last = result.history[-1]
+        print(
+            f"model: {target} ({result.iterations} iterations, {result.stop_reason}, "
+            f"cost {last['cost']:.6g}, train RMSE {last['train_rmse']:.4f}, "
+            f"validation RMSE {last['val_rmse']:.4f})"
+        )
+        return cli.EXIT_OK
+
+    return cli.job_main(__doc__.splitlines()[0], body, argv, extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
