@@ -51,7 +51,8 @@ def tag_holdout(
 def fit_normalization_spark(
     df: DataFrame, num_items: int, *, mean_normalization: bool, biases: bool
 ) -> Normalization:
-    """Item means or the global mean over the training rows (``is_val`` false), exactly.
+    """Item means or the global mean over the training rows (``is_val`` false), exactly;
+    an item without training rows gets the mean of all training rows.
 
     Matches :func:`spark_cf.reference.fit_normalization` up to the last bit of the sums:
     ratings are summed as decimals, then divided once.
@@ -65,10 +66,12 @@ def fit_normalization_spark(
         row = train.agg(exact.alias("s"), F.count(F.lit(1)).alias("n")).collect()[0]
         mean = float(Decimal(row["s"]) / row["n"]) if row["n"] else 0.0
         return Normalization(zeros, mean)
-    means = np.zeros(num_items)
-    for row in (
-        train.groupBy(ITEM_IDX).agg(exact.alias("s"), F.count(F.lit(1)).alias("n")).collect()
-    ):
+    rows = train.groupBy(ITEM_IDX).agg(exact.alias("s"), F.count(F.lit(1)).alias("n")).collect()
+    total = sum((Decimal(row["s"]) for row in rows), Decimal(0))
+    count = sum(row["n"] for row in rows)
+    # items with held-out ratings only get the mean of all training ratings
+    means = np.full(num_items, float(total / count) if count else 0.0)
+    for row in rows:
         means[row[ITEM_IDX]] = float(Decimal(row["s"]) / row["n"])
     return Normalization(means, 0.0)
 

@@ -122,7 +122,9 @@ def fit_normalization(
 ) -> Normalization:
     """Item means (course's model) or the global mean (biased model) of the training ratings.
 
-    With ``mean_normalization = false`` nothing is subtracted.
+    An item with no training rating (only held-out ones) gets the mean of all training
+    ratings: with the course's 0 it would be predicted near 0 stars. With
+    ``mean_normalization = false`` nothing is subtracted.
     """
     zeros = np.zeros(num_items)
     if not mean_normalization or len(y) == 0:
@@ -131,7 +133,7 @@ def fit_normalization(
         return Normalization(zeros, float(np.mean(y)))
     counts = np.bincount(item_idx, minlength=num_items)
     sums = np.bincount(item_idx, weights=y, minlength=num_items)
-    means = np.divide(sums, counts, out=np.zeros(num_items), where=counts > 0)
+    means = np.divide(sums, counts, out=np.full(num_items, float(np.mean(y))), where=counts > 0)
     return Normalization(means, 0.0)
 
 

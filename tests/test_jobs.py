@@ -11,6 +11,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -94,3 +96,44 @@ def test_a_bad_input_exits_non_zero_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert f"error: input path {tmp_path / 'nothing'} does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_verify_job_on_string_ids(tmp_path):
+    table = pq.read_table(write_parquet_path(tmp_path))
+    strings = table.set_column(0, "user_id", pc.cast(table["user_id"], pa.string()))
+    strings = strings.set_column(
+        1, "item_id", pc.binary_join_element_wise("m", pc.cast(strings["item_id"], pa.string()), "")
+    )
+    path = tmp_path / "strings.parquet"
+    pq.write_table(strings, path)
+    args = [
+        sys.executable,
+        str(ROOT / "jobs" / "verify.py"),
+        "--set",
+        f"input.path={path}",
+        "--set",
+        "model.rank=3",
+        "--set",
+        "train.optimizer='nesterov'",
+        "--set",
+        "train.learning_rate=0.001",
+        "--set",
+        "train.max_iter=20",
+        "--set",
+        "train.num_user_blocks=2",
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lockstep (tolerance 1e-09): OK" in proc.stdout
+    assert "trajectory (tolerance 1e-09): OK" in proc.stdout
+    # rounding-level differences exist, so an impossible tolerance is a mismatch: exit 3
+    proc = subprocess.run(
+        [*args, "--tolerance", "1e-300"], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 3 and "MISMATCH" in proc.stdout
+
+
+def write_parquet_path(tmp_path) -> Path:
+    path = tmp_path / "ints.parquet"
+    write_parquet(SyntheticSpec(num_users=80, num_items=50, num_ratings=1200, seed=4), str(path))
+    return path

@@ -174,7 +174,8 @@ def test_item_mean_normalisation():
     items = np.array([0, 0, 1, 1, 1, 3])
     y = np.array([4.0, 2.0, 1.0, 2.0, 3.0, 5.0])
     norm = fit_normalization(items, y, 4, mean_normalization=True, biases=False)
-    np.testing.assert_allclose(norm.item_means, [3.0, 2.0, 0.0, 5.0])
+    # item 2 has no rating: it gets the mean of all ratings
+    np.testing.assert_allclose(norm.item_means, [3.0, 2.0, 17 / 6, 5.0])
     assert norm.global_mean == 0.0
     biased = fit_normalization(items, y, 4, mean_normalization=True, biases=True)
     assert biased.global_mean == pytest.approx(17 / 6)
