@@ -52,7 +52,7 @@ class InputConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     rank: int = 10
-    reg: float = 0.1
+    reg: float = 10.0
     mean_normalization: bool = True
     biases: bool = False
     init_scale: float = 0.1
@@ -62,8 +62,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     optimizer: str = "lbfgs"
-    learning_rate: float = 0.001
-    max_iter: int = 100
+    learning_rate: float = 0.0003
+    max_iter: int = 200
     tol: float = 1e-7
     num_user_blocks: int = 0
     num_item_blocks: int = 0
