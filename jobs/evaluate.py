@@ -50,10 +50,13 @@ def main(argv=None) -> int:
                     scored.column(RATING).to_numpy(), scored.column("prediction").to_numpy()
                 )
             }
+            # raw ids: relevant ratings of users or items the model does not know count
+            # as misses instead of disappearing in a join
             relevant = ratings.where(ratings[RATING] >= cfg.evaluate.relevance_threshold)
-            rel = apply_index(relevant, model.index).select(USER_IDX, ITEM_IDX).toArrow()
-            rel_users = rel.column(USER_IDX).to_numpy().astype(np.int64)
-            rel_items = rel.column(ITEM_IDX).to_numpy().astype(np.int64)
+            rel = relevant.select(USER, ITEM).toArrow()
+            rel_users = rel.column(USER).to_numpy(zero_copy_only=False)
+            rel_items = rel.column(ITEM).to_numpy(zero_copy_only=False)
+            known = model.index.user_positions(rel.column(USER).combine_chunks())
             exclude = None
             if args.exclude_from:
                 seen = (
@@ -68,13 +71,13 @@ def main(argv=None) -> int:
                 model,
                 exclude,
                 n=k,
-                users=np.unique(rel_users),
+                users=np.unique(known[known >= 0]),
                 block_size=cfg.recommend.block_size,
             ).toArrow()
             metrics["model"].update(
                 ranking_metrics(
-                    model.index.user_positions(recs.column(USER).combine_chunks()),
-                    model.index.item_positions(recs.column(ITEM).combine_chunks()),
+                    recs.column(USER).to_numpy(zero_copy_only=False),
+                    recs.column(ITEM).to_numpy(zero_copy_only=False),
                     recs.column(RANK).to_numpy(),
                     rel_users,
                     rel_items,

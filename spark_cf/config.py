@@ -11,6 +11,8 @@ Library code never reads configuration files itself; jobs turn the config into a
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import math
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -164,8 +166,12 @@ def _coerce(key: str, expected: Any, value: Any) -> Any:
     if expected is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if expected is str:
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            value = value.isoformat()  # --set output.run_date=2026-11-23 is a TOML date
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return value
@@ -177,6 +183,12 @@ def _coerce(key: str, expected: Any, value: Any) -> Any:
     if origin in (Mapping, dict) or expected is Mapping:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} must be a table, got {value!r}")
+        nested = [k for k, v in value.items() if isinstance(v, Mapping)]
+        if nested:
+            raise ConfigError(
+                f"{key} has a nested table under {nested[0]!r}: quote Spark keys with dots, "
+                f'e.g. "spark.driver.memory" = "4g"'
+            )
         return {
             str(k): str(v) if not isinstance(v, bool) else str(v).lower() for k, v in value.items()
         }

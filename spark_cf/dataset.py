@@ -114,8 +114,8 @@ def prepare(
         fraction=holdout_fraction,
         split=split,
         seed=seed,
-        user_col=USER_IDX,
-        item_col=ITEM_IDX,
+        user_col=USER,
+        item_col=ITEM,
     ).cache()
     stats = {
         row[IS_VAL]: row

@@ -92,8 +92,20 @@ def read_text(spark, path: str) -> str:
         stream.close()
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities become None (JSON null): strict JSON readers reject NaN."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(spark, path: str, payload: Any) -> None:
-    write_text(spark, path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(_finite(payload), indent=2, sort_keys=True, default=str, allow_nan=False)
+    write_text(spark, path, text + "\n")
 
 
 def read_json(spark, path: str) -> Any:
@@ -188,6 +200,7 @@ def save_checkpoint(directory: str, fingerprint: str, state: dict[str, Any]) -> 
                     "fingerprint": fingerprint,
                     "iteration": int(state["iteration"]),
                     "rises": int(state["rises"]),
+                    "stop_reason": state.get("stop_reason", ""),
                     "history": state["history"],
                 }
             )
@@ -245,7 +258,12 @@ def load_checkpoint(directory: str, fingerprint: str) -> dict[str, Any] | None:
             f"{meta['fingerprint']} != {fingerprint}); point train.checkpoint_dir elsewhere "
             f"or delete it to start afresh"
         )
-    state.update(iteration=meta["iteration"], rises=meta["rises"], history=meta["history"])
+    state.update(
+        iteration=meta["iteration"],
+        rises=meta["rises"],
+        history=meta["history"],
+        stop_reason=meta.get("stop_reason", ""),
+    )
     return state
 
 

@@ -207,7 +207,13 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
                 mean_normalization=cfg.model.mean_normalization,
                 biases=cfg.model.biases,
             )
-            model, result = _train(final_data, cfg, timings, "refit")
+            # the refit checkpoints apart from the first fit (another fingerprint)
+            refit_cfg = cfg
+            if cfg.train.checkpoint_dir:
+                refit_cfg = cfg.replace(
+                    train={"checkpoint_dir": f"{cfg.train.checkpoint_dir.rstrip('/')}/refit"}
+                )
+            model, result = _train(final_data, refit_cfg, timings, "refit")
             history["refit"] = {
                 "iterations": result.iterations,
                 "stop_reason": result.stop_reason,
@@ -226,7 +232,7 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
             "rows": ingested.metrics(),
             "trained_on": final_data.num_train,
             "refit": bool(cfg.evaluate.refit and data.num_val),
-            "rating_mean": data.rating_mean,
+            "rating_mean": final_data.rating_mean,
             "run_date": date,
             "software": software_versions(),
             "scoring_rule": "prediction = features(user) . features(item) + mean(item) "
@@ -242,7 +248,7 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
                 pairs,
                 model,
                 unknown_item=cfg.predict.unknown_item,
-                fallback=data.rating_mean,
+                fallback=final_data.rating_mean,
                 clip=clip,
             )
             predictions = predictions.orderBy(USER, ITEM)

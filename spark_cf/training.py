@@ -138,6 +138,8 @@ def minimize(
         rises = int(state["rises"])
         optimizer.load_state_dict(state["optimizer"])
         resumed_from = iteration
+        if state["stop_reason"]:  # the run had already stopped at its last checkpoint
+            max_iter = iteration
         t0 = time.perf_counter()
         ev = objective(w)
         log.info(
@@ -161,7 +163,7 @@ def minimize(
         )
     _check_finite(ev, w, iteration, optimizer.name)
     initial_cost = history[0]["cost"]
-    stop_reason = "max_iter"
+    stop_reason = (state or {}).get("stop_reason") or "max_iter"
     while iteration < max_iter:
         t0 = time.perf_counter()
         w_new, ev_new = optimizer.step(w, ev, objective)
@@ -202,6 +204,11 @@ def minimize(
         )
         if callback is not None:
             callback(iteration, time.perf_counter() - started, ev.cost)
+        stop = None
+        if optimizer.stalled:
+            stop = "no_progress"
+        elif 0 <= decrease < tol:
+            stop = "converged"
         if checkpoint is not None and checkpoint.every and iteration % checkpoint.every == 0:
             io.save_checkpoint(
                 checkpoint.directory,
@@ -211,14 +218,12 @@ def minimize(
                     "iteration": iteration,
                     "history": history,
                     "rises": rises,
+                    "stop_reason": stop or "",
                     "optimizer": optimizer.state_dict(),
                 },
             )
-        if optimizer.stalled:
-            stop_reason = "no_progress"
-            break
-        if 0 <= decrease < tol:
-            stop_reason = "converged"
+        if stop is not None:
+            stop_reason = stop
             break
     total = time.perf_counter() - started
     log.info(

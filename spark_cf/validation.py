@@ -128,6 +128,11 @@ def tag_reasons(
     ]
     if timestamp_col:
         checks.append((F.col(timestamp_col).isNull(), f"null {timestamp_col}"))
+        if isinstance(dtypes[timestamp_col], (T.DoubleType, T.FloatType)):
+            ts = F.col(timestamp_col)
+            checks.append(
+                (F.isnan(ts) | (F.abs(ts) == float("inf")), f"{timestamp_col} is NaN or infinite")
+            )
     reason = F.lit(None).cast("string")
     for cond, text in reversed(checks):
         reason = F.when(cond, F.lit(text)).otherwise(reason)
@@ -190,7 +195,12 @@ def resolve_duplicates(df: DataFrame, policy: str, *, has_timestamp: bool) -> Da
             )
         )
     if policy == "mean":
-        aggs = [F.avg(RATING).alias(RATING)]
+        # summed exactly, so the mean does not depend on the partitioning
+        aggs = [
+            (F.sum(F.col(RATING).cast("decimal(38,18)")) / F.count(F.lit(1)))
+            .cast("double")
+            .alias(RATING)
+        ]
         if has_timestamp:
             aggs.append(F.max(TIMESTAMP).alias(TIMESTAMP))
         return df.groupBy(USER, ITEM).agg(*aggs)

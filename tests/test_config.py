@@ -112,6 +112,8 @@ def test_overrides_are_toml_literals_or_strings(tmp_path):
         ("train.checkpoint_every=5", "train.checkpoint_dir"),
         ("output.run_date='yesterday'", "output.run_date"),
         ("recommend.top_n=0", "recommend.top_n"),
+        ("model.reg=inf", "model.reg"),
+        ("train.learning_rate=nan", "train.learning_rate"),
         ("predict.unknown_item='zero'", "predict.unknown_item"),
     ],
 )
@@ -159,3 +161,9 @@ def test_a_job_refuses_its_config_before_starting_spark(job):
     assert proc.returncode == 2
     assert "model.rank must be >= 1" in proc.stderr
     assert "SparkContext" not in proc.stderr and "Spark " not in proc.stderr
+
+
+def test_dates_and_spark_conf_tables():
+    assert load_config(None, ["output.run_date=2026-11-23"]).output.run_date == "2026-11-23"
+    with pytest.raises(ConfigError, match="quote Spark keys with dots"):
+        load_config(None, ['spark.conf={spark = {driver = {memory = "4g"}}}'])

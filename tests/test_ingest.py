@@ -264,3 +264,17 @@ def test_prepare_normalisation_is_exact_item_means(spark):
     )
     assert biased.normalization.global_mean == pytest.approx(8.0 / 5, rel=1e-15)
     assert not biased.normalization.item_means.any()
+
+
+def test_non_finite_double_timestamps_are_quarantined(spark, tmp_path):
+    table = pa.table(
+        {
+            "user_id": [1, 2, 3],
+            "item_id": [1, 1, 1],
+            "rating": [4.0, 3.0, 2.0],
+            "ts": [1.5e9, float("nan"), float("inf")],
+        }
+    )
+    result = ingest(spark, cfg(write(tmp_path, table), timestamp_col="ts", duplicates="latest"))
+    assert result.quarantined == {"ts is NaN or infinite": 2}
+    assert [r.timestamp for r in result.ratings.collect()] == [1500000000]

@@ -241,3 +241,33 @@ def test_gd_tolerance_stops_early():
     costs = [h["cost"] for h in result.history]
     assert (costs[-2] - costs[-1]) / costs[-2] < 1e-4
     assert all((a - b) / a >= 1e-4 for a, b in zip(costs[:-2], costs[1:-1]))
+
+
+def test_resume_after_a_run_that_stopped_at_a_checkpoint(tmp_path):
+    from spark_cf.training import CheckpointPolicy
+
+    i, u, y, items, users = low_rank_ratings()
+    kw = dict(
+        rank=3,
+        reg=0.1,
+        optimizer="gd",
+        settings=OptimizerSettings(learning_rate=0.005),
+        max_iter=5000,
+        tol=1e-4,
+    )
+    done, _, _ = train_reference(
+        i, u, y, items, users, **kw, checkpoint=CheckpointPolicy(str(tmp_path), every=1)
+    )
+    assert done.stop_reason == "converged"
+    again, _, _ = train_reference(
+        i,
+        u,
+        y,
+        items,
+        users,
+        **kw,
+        checkpoint=CheckpointPolicy(str(tmp_path), every=1, resume=True),
+    )
+    assert again.resumed_from == done.iterations == again.iterations
+    assert again.stop_reason == "converged"
+    np.testing.assert_array_equal(again.w, done.w)
