@@ -15,10 +15,8 @@ from spark_cf import cli, io
 from spark_cf.indexing import ITEM_IDX, USER_IDX, apply_index
 from spark_cf.ingest import ingest
 from spark_cf.model import load_model
-from spark_cf.pipeline import recommend_targets
-from spark_cf.recommend import RANK, top_n
+from spark_cf.pipeline import recommendations
 from spark_cf.session import build_session
-from spark_cf.validation import USER
 
 
 def main(argv=None) -> int:
@@ -34,15 +32,7 @@ def main(argv=None) -> int:
             if cfg.recommend.exclude_rated:
                 ingested = ingest(spark, cfg.input)
                 rated = apply_index(ingested.ratings, model.index).select(USER_IDX, ITEM_IDX)
-            wanted, unknown = recommend_targets(model, cfg.recommend.users)
-            recs = top_n(
-                spark,
-                model,
-                rated,
-                n=cfg.recommend.top_n,
-                users=wanted,
-                block_size=cfg.recommend.block_size,
-            ).orderBy(USER, RANK)
+            recs, unknown = recommendations(spark, model, rated, cfg.recommend)
             io.write_table(recs, args.output)
             rows = spark.read.parquet(args.output).count()
         finally:

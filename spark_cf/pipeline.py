@@ -17,7 +17,7 @@ import numpy as np
 from pyspark.sql import functions as F
 
 from spark_cf import io
-from spark_cf.config import Config
+from spark_cf.config import Config, RecommendConfig
 from spark_cf.dataset import IS_VAL, TrainingData, prepare
 from spark_cf.evaluation import format_table, ranking_metrics, regression_metrics
 from spark_cf.indexing import ITEM_IDX, USER_IDX
@@ -254,21 +254,9 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
             predictions = predictions.orderBy(USER, ITEM)
             io.write_parquet(predictions, f"{staged}/predictions")
         with stage("top_n", timings):
-            wanted, unknown = recommend_targets(model, cfg.recommend.users)
             # every rating the user gave (training and held-out) counts as rated
-            rated = (
-                final_data.ratings.select(USER_IDX, ITEM_IDX)
-                if cfg.recommend.exclude_rated
-                else None
-            )
-            recs = top_n(
-                spark,
-                model,
-                rated,
-                n=cfg.recommend.top_n,
-                users=wanted,
-                block_size=cfg.recommend.block_size,
-            ).orderBy(USER, RANK)
+            rated = final_data.ratings.select(USER_IDX, ITEM_IDX)
+            recs, unknown = recommendations(spark, model, rated, cfg.recommend)
             io.write_parquet(recs, f"{staged}/top_n")
         with stage("publish", timings):
             save_model(spark, model, f"{staged}/model")
@@ -303,6 +291,22 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
         data.ratings.unpersist()
         if final_data is not data:
             final_data.ratings.unpersist()
+
+
+def recommendations(spark, model: CFModel, rated, rec: RecommendConfig):
+    """The top-N table for ``[recommend]`` (ordered by user and rank), and the requested
+    raw user ids the model does not know. ``rated``: (user_idx, item_idx) pairs, excluded
+    when ``rec.exclude_rated``."""
+    wanted, unknown = recommend_targets(model, rec.users)
+    recs = top_n(
+        spark,
+        model,
+        rated if rec.exclude_rated else None,
+        n=rec.top_n,
+        users=wanted,
+        block_size=rec.block_size,
+    )
+    return recs.orderBy(USER, RANK), unknown
 
 
 def recommend_targets(model: CFModel, users: tuple) -> tuple[np.ndarray | None, list]:
