@@ -9,7 +9,7 @@ reason: the same input gives the same bits whatever the partitioning and the cor
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import numpy as np
@@ -88,13 +88,18 @@ class TrainingData:
     rating_mean: float = 0.0  # mean of the training ratings
     fingerprint: str = ""  # order-independent hash of the (user, item, rating) triples
 
+    _arrays: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The indexed ratings on the driver (item_idx, user_idx, rating, is_val), sorted
-        by (user_idx, item_idx): for the NumPy reference and for verification."""
-        table = self.ratings.select(ITEM_IDX, USER_IDX, RATING, IS_VAL).toArrow()
-        out = {name: table.column(name).to_numpy() for name in table.column_names}
-        order = np.lexsort((out[ITEM_IDX], out[USER_IDX]))
-        return {name: np.ascontiguousarray(values[order]) for name, values in out.items()}
+        by (user_idx, item_idx): for the NumPy reference and for verification. Collected
+        once: the ratings are cached and never change."""
+        if self._arrays is None:
+            table = self.ratings.select(ITEM_IDX, USER_IDX, RATING, IS_VAL).toArrow()
+            out = {name: table.column(name).to_numpy() for name in table.column_names}
+            order = np.lexsort((out[ITEM_IDX], out[USER_IDX]))
+            self._arrays = {name: np.ascontiguousarray(v[order]) for name, v in out.items()}
+        return self._arrays
 
 
 def prepare(
