@@ -78,6 +78,7 @@ class TrainConfig:
     adam_epsilon: float = 1e-8
     lbfgs_memory: int = 10
     divergence_patience: int = 3
+    warm_start: str = ""
 
 
 @dataclass(frozen=True)

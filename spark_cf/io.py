@@ -43,6 +43,13 @@ def matches_any(spark, path: str) -> bool:
     return bool(fs.exists(hpath))
 
 
+def glob(spark, pattern: str) -> list[str]:
+    """The paths matching ``pattern`` (Hadoop glob), sorted; [] when none."""
+    fs, hpath = _hadoop(spark, pattern)
+    found = fs.globStatus(hpath)
+    return sorted(str(status.getPath().toString()) for status in (found or []))
+
+
 def delete(spark, path: str) -> None:
     """Delete ``path`` recursively if it exists."""
     fs, hpath = _hadoop(spark, path)

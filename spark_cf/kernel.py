@@ -2,24 +2,24 @@
 
 No Spark import: a :class:`BlockPayload` is plain NumPy arrays, cached by Spark; a Python
 worker turns it once into a :class:`Block` and keeps that between jobs. Within a block the
-training ratings, sorted by (item, user), are the pattern of a sparse residual matrix
-``E`` (items x users, CSR); each evaluation writes the residuals into ``E``'s values and
-gets both gradients as sparse-dense products (SciPy, no n x k temporaries)::
+training ratings are sorted by (item, user); one fused loop (compiled by Numba) visits
+each rating once, computes its residual ``e = theta_u . x_i (+ b_i + b_u) - y`` and adds
+``e * theta_u`` to ``dX[i]`` and ``e * x_i`` to ``dTheta[u]``, with no n x k temporaries.
 
-    dX_block = E @ Theta_block          dTheta_block = E.T @ X_block
-
-This is deliberately a different summation from the reference's ``bincount``. Measured on
-one 500,000-rating block, rank 10: 47 ms, against 161 ms for NumPy segment sums
-(``add.reduceat`` with a user-order permutation).
+This is deliberately a different summation from the reference's ``bincount``; the order
+is fixed (the block's rating order), so the result does not depend on the run. Measured
+on one 2,460,079-rating block (1,968,063 training), rank 10, median of 5: 38 ms, against
+150 ms for the SciPy sparse products it replaced (``E @ Theta``, ``E.T @ X``).
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numba
 import numpy as np
-import scipy.sparse
 
 
 @dataclass
@@ -61,12 +61,6 @@ class Block:
         self.t_users = np.ascontiguousarray(p.users[train])
         self.t_items = np.ascontiguousarray(p.items[train])
         self.t_y = np.ascontiguousarray(p.y[train])
-        # The residual matrix's pattern: rows = local items, columns = local users; the
-        # payload is sorted by (item, user), which is CSR order.
-        indptr = np.searchsorted(self.t_items, np.arange(p.num_items + 1)).astype(np.int64)
-        self.residuals = scipy.sparse.csr_matrix(
-            (np.zeros(self.num_train), self.t_users, indptr), shape=(p.num_items, p.num_users)
-        )
         self.v_users = p.users[p.is_val]
         self.v_items = p.items[p.is_val]
         self.v_y = p.y[p.is_val]
@@ -74,7 +68,7 @@ class Block:
 
 #: Prepared blocks kept by a Python worker between Spark jobs: data key -> block id ->
 #: Block. Spark reuses its Python workers, so from the second iteration on a worker finds
-#: the sparse pattern here instead of rebuilding it. Only the most recently used
+#: the training arrays here instead of splitting the payload again. Only the most recently used
 #: ``MAX_CACHED_DATASETS`` data sets are kept, so memory stays bounded.
 _PREPARED: OrderedDict[str, dict[int, Block]] = OrderedDict()
 MAX_CACHED_DATASETS = 4
@@ -139,28 +133,18 @@ def block_gradients(
         bib = item_bias[block.item_start : block.item_start + block.num_items]
         bub = user_bias[block.user_start : block.user_start + block.num_users]
     rank = X.shape[1]
-
-    err = np.einsum("nk,nk->n", Xb[block.t_items], Tb[block.t_users])
-    if biased:
-        err += bib[block.t_items] + bub[block.t_users]
-    err -= block.t_y
-    sse = float(err @ err)
-    E = block.residuals
-    E.data = err
-    d_items = np.asarray(E @ Tb) if block.num_train else np.zeros((block.num_items, rank))
-    d_users = np.asarray(E.T @ Xb) if block.num_train else np.zeros((block.num_users, rank))
-    d_ib = d_ub = None
-    if biased:
-        d_ib = np.bincount(block.t_items, weights=err, minlength=block.num_items)
-        d_ub = np.bincount(block.t_users, weights=err, minlength=block.num_users)
-
-    val_sse = 0.0
-    if len(block.v_y):
-        verr = np.einsum("nk,nk->n", Xb[block.v_items], Tb[block.v_users])
-        if biased:
-            verr += bib[block.v_items] + bub[block.v_users]
-        verr -= block.v_y
-        val_sse = float(verr @ verr)
+    if not biased:
+        bib = bub = np.zeros(0)
+    d_items = np.zeros((block.num_items, rank))
+    d_users = np.zeros((block.num_users, rank))
+    d_ib = np.zeros(block.num_items if biased else 0)
+    d_ub = np.zeros(block.num_users if biased else 0)
+    sse = _fused_gradients(
+        block.t_items, block.t_users, block.t_y, Xb, Tb, bib, bub, d_items, d_users, d_ib, d_ub
+    )
+    val_sse = _squared_errors(block.v_items, block.v_users, block.v_y, Xb, Tb, bib, bub)
+    if not biased:
+        d_ib = d_ub = None
     return BlockResult(
         block.block_id,
         sse,
@@ -172,3 +156,55 @@ def block_gradients(
         d_ib,
         d_ub,
     )
+
+
+# ------------------------------------------------------------------------ compiled loops
+
+# Numba caches compiled code beside this file; when the library runs from a zip
+# (spark-submit --py-files) there is no such place, and each worker compiles once.
+_CACHE = os.path.isfile(__file__)
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def _fused_gradients(items, users, y, X, T, bi, bu, dX, dT, dbi, dbu):  # pragma: no cover
+    """Adds each training rating's residual terms to dX, dT (and dbi, dbu when the bias
+    arrays are not empty), in rating order; returns the sum of squared residuals."""
+    rank = X.shape[1]
+    biased = bi.shape[0] > 0
+    sse = 0.0
+    for n in range(y.shape[0]):
+        i = items[n]
+        u = users[n]
+        e = 0.0
+        for f in range(rank):
+            e += X[i, f] * T[u, f]
+        if biased:
+            e += bi[i] + bu[u]
+        e -= y[n]
+        sse += e * e
+        for f in range(rank):
+            dX[i, f] += e * T[u, f]
+            dT[u, f] += e * X[i, f]
+        if biased:
+            dbi[i] += e
+            dbu[u] += e
+    return sse
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def _squared_errors(items, users, y, X, T, bi, bu):  # pragma: no cover
+    """The sum of squared residuals of the given ratings (the held-out ones)."""
+    rank = X.shape[1]
+    biased = bi.shape[0] > 0
+    sse = 0.0
+    for n in range(y.shape[0]):
+        i = items[n]
+        u = users[n]
+        e = 0.0
+        for f in range(rank):
+            e += X[i, f] * T[u, f]
+        if biased:
+            e += bi[i] + bu[u]
+        e -= y[n]
+        sse += e * e
+    return sse

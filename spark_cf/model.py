@@ -96,6 +96,7 @@ def fit(
     train_cfg: TrainConfig,
     *,
     callback=None,
+    stop_when=None,
     wrap_objective=None,
     blocks: BlockedRatings | None = None,
 ) -> tuple[CFModel, TrainResult]:
@@ -103,7 +104,7 @@ def fit(
 
     Returns the model (on the driver) and the training result with its history.
     ``wrap_objective(f) -> f'`` may wrap the Spark objective (the parity check does).
-    ``blocks`` reuses ratings already blocked and cached (they stay cached).
+    ``callback`` and ``stop_when`` are passed to :func:`spark_cf.training.minimize`.
     ``blocks`` reuses ratings already blocked and cached (and leaves them cached).
     """
     spark = data.ratings.sparkSession
@@ -126,6 +127,17 @@ def fit(
     try:
         layout = Layout(index.num_items, index.num_users, model_cfg.rank, model_cfg.biases)
         w0 = initial_parameters(layout, init_scale=model_cfg.init_scale, seed=model_cfg.seed)
+        if train_cfg.warm_start == "latest":
+            from spark_cf.errors import ConfigError
+
+            raise ConfigError(
+                "train.warm_start = 'latest' is resolved by the nightly job only; give the "
+                "model folder of an earlier run, e.g. output/run_date=2026-11-24/model"
+            )
+        if train_cfg.warm_start:
+            w0 = warm_start_parameters(
+                load_model(spark, train_cfg.warm_start), layout, index, w0, train_cfg.warm_start
+            )
         optimizer = make_optimizer(train_cfg.optimizer, optimizer_settings(train_cfg), layout.size)
         summary = {
             "ratings": blocks.num_ratings,
@@ -165,6 +177,7 @@ def fit(
             checkpoint=checkpoint,
             fingerprint=training_fingerprint(model_cfg, train_cfg, summary),
             callback=callback,
+            stop_when=stop_when,
         )
     finally:
         if owned:
@@ -181,6 +194,43 @@ def fit(
         user_bias=layout.user_bias(w).copy() if model_cfg.biases else None,
     )
     return model, result
+
+
+def warm_start_parameters(
+    previous: CFModel, layout: Layout, index: IdIndex, w0: np.ndarray, source: str = ""
+) -> np.ndarray:
+    """``w0`` with the rows of the users and items ``previous`` knows (matched by raw id)
+    replaced by their fitted features and biases; the others keep their random start.
+
+    Raises :class:`~spark_cf.errors.ModelError` when the ranks differ.
+    """
+    from spark_cf.errors import ModelError
+
+    if previous.rank != layout.rank:
+        raise ModelError(
+            f"train.warm_start: the model at {source or 'the warm start'} has rank "
+            f"{previous.rank}, this run model.rank = {layout.rank}; use the same rank or "
+            f"train.warm_start = ''"
+        )
+    w = np.array(w0, dtype=np.float64, copy=True)
+    users = previous.index.user_positions(index.user_ids)
+    items = previous.index.item_positions(index.item_ids)
+    u_new, i_new = np.flatnonzero(users >= 0), np.flatnonzero(items >= 0)
+    layout.Theta(w)[u_new] = previous.user_factors[users[u_new]]
+    layout.X(w)[i_new] = previous.item_factors[items[i_new]]
+    if layout.biases and previous.biases:
+        layout.user_bias(w)[u_new] = previous.user_bias[users[u_new]]
+        layout.item_bias(w)[i_new] = previous.item_bias[items[i_new]]
+    log.info(
+        "warm start from %s: %d of %d users and %d of %d items carried over%s",
+        source or "a previous model",
+        len(u_new),
+        index.num_users,
+        len(i_new),
+        index.num_items,
+        "" if previous.biases or not layout.biases else " (biases start at zero)",
+    )
+    return w
 
 
 # ------------------------------------------------------------------ tables and round trip

@@ -76,10 +76,10 @@ class RunOutcome:
 def software_versions() -> dict[str, str]:
     import platform
 
+    import numba
     import numpy
     import pyarrow
     import pyspark
-    import scipy
 
     from spark_cf import __version__
 
@@ -87,7 +87,7 @@ def software_versions() -> dict[str, str]:
         "spark_cf": __version__,
         "pyspark": pyspark.__version__,
         "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
+        "numba": numba.__version__,
         "pyarrow": pyarrow.__version__,
         "python": platform.python_version(),
     }
@@ -95,6 +95,25 @@ def software_versions() -> dict[str, str]:
 
 def run_date(cfg: Config) -> str:
     return cfg.output.run_date or datetime.now(timezone.utc).date().isoformat()
+
+
+def resolve_warm_start(spark, cfg: Config) -> Config:
+    """``train.warm_start = "latest"``: the model of the newest run published under
+    ``output.root`` before this run's date (a cold start when there is none)."""
+    if cfg.train.warm_start != "latest":
+        return cfg
+    date = run_date(cfg)
+    root = cfg.output.root.rstrip("/")
+    runs = [
+        path
+        for path in io.glob(spark, f"{root}/run_date=*")
+        if path.rsplit("run_date=", 1)[1] < date and io.exists(spark, f"{path}/_SUCCESS")
+    ]
+    if not runs:
+        log.info("train.warm_start = latest: no earlier run under %s, random start", root)
+        return cfg.replace(train={"warm_start": ""})
+    log.info("train.warm_start = latest: starting from %s/model", runs[-1])
+    return cfg.replace(train={"warm_start": f"{runs[-1]}/model"})
 
 
 def _train(data: TrainingData, cfg: Config, timings: dict[str, float], name: str):
@@ -181,6 +200,7 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
     date = run_date(cfg)
     final = f"{cfg.output.root.rstrip('/')}/run_date={date}"
     staged = io.staging_path(final)
+    cfg = resolve_warm_start(spark, cfg)
     ingested, data = ingest_and_prepare(spark, cfg, timings)
     final_data = data
     try:

@@ -102,6 +102,7 @@ def minimize(
     checkpoint: CheckpointPolicy | None = None,
     fingerprint: str = "",
     callback: Callable[[int, float, float], None] | None = None,
+    stop_when: Callable[[dict[str, float]], bool] | None = None,
 ) -> TrainResult:
     """Run ``optimizer`` on ``objective`` from ``w0`` (see the module docstring for the rules).
 
@@ -123,6 +124,9 @@ def minimize(
         Identifies the data and the settings the trajectory depends on.
     callback
         Called as ``callback(iteration, elapsed_seconds, cost)`` after each iteration.
+    stop_when
+        Called with each iteration's history record; a true answer stops the run with
+        the reason ``"stop_when"`` (the benchmarks stop at a target held-out RMSE).
     """
     started = time.perf_counter()
     history: list[dict[str, float]]
@@ -205,7 +209,9 @@ def minimize(
         if callback is not None:
             callback(iteration, time.perf_counter() - started, ev.cost)
         stop = None
-        if optimizer.stalled:
+        if stop_when is not None and stop_when(history[-1]):
+            stop = "stop_when"
+        elif optimizer.stalled:
             stop = "no_progress"
         elif 0 <= decrease < tol:
             stop = "converged"

@@ -286,3 +286,28 @@ def test_rerun_of_a_date_gives_identical_tables(spark, ratings_path, tmp_path):
         assert again.take(pc.sort_indices(again, key)).equals(
             table.take(pc.sort_indices(table, key))
         ), name
+
+
+def test_warm_start_latest_starts_from_the_previous_runs_model(spark, ratings_path, tmp_path):
+    root = tmp_path / "out"
+    first_cfg = config(ratings_path, root, train={"warm_start": "latest"})
+    first = run_nightly(spark, first_cfg)  # nothing published before: a random start
+    first_meta = json.loads((Path(first.path) / "model" / "metadata.json").read_text())
+    assert first_meta["config"]["train"]["warm_start"] == ""
+    later = config(
+        ratings_path, root, train={"warm_start": "latest"}, output={"run_date": "2026-01-03"}
+    )
+    second = run_nightly(spark, later)
+    meta = json.loads((Path(second.path) / "model" / "metadata.json").read_text())
+    assert meta["config"]["train"]["warm_start"].endswith("run_date=2026-01-02/model")
+    # same data, split and normalisation: the second run starts where the first ended
+    first_history = first.metrics["training"]["history"]
+    second_history = second.metrics["training"]["history"]
+    assert second_history[0]["cost"] == pytest.approx(first_history[-1]["cost"], rel=1e-9)
+    assert second_history[0]["cost"] < first_history[0]["cost"] / 2
+    # an earlier date never starts from a later run
+    earlier = config(
+        ratings_path, root, train={"warm_start": "latest"}, output={"run_date": "2026-01-01"}
+    )
+    third = run_nightly(spark, earlier)
+    assert third.metrics["training"]["history"][0]["cost"] == first_history[0]["cost"]
