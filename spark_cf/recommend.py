@@ -1,16 +1,18 @@
 """Predictions for (user, item) pairs and top-N lists, as Spark transforms over a model.
 
-Both score with the rule in :mod:`spark_cf.model`. Top-N is computed by blocks: users in
-blocks of ``block_size``, items in chunks; each (user block, item chunk) gives a local
-top-N that is merged into the block's top-N, so no task ever holds the whole score
-matrix. Ties are broken by the smaller item index (= the smaller raw id), so the output
-is deterministic.
+Both score with the rule in :mod:`spark_cf.model`. Top-N is computed by blocks of
+``block_size`` users, one Spark task each: the task scores a slice of its users against
+every item with one matrix product (at most :data:`MAX_SCORES` scores at a time, so no
+task holds the whole score matrix) and a compiled pass keeps each user's best N. Ties are
+broken by the smaller item index (= the smaller raw id), so the output is deterministic.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
+import numba
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
@@ -23,36 +25,13 @@ from spark_cf.model import CFModel
 from spark_cf.validation import ITEM, USER
 
 PREDICTION, RANK, SCORE = "prediction", "rank", "score"
-ITEM_CHUNK = 8192
+#: scores computed at once per task by the top-N (a float64 matrix of 128 MB)
+MAX_SCORES = 1 << 24
+# Numba caches compiled code beside this file; from a zip each worker compiles once.
+_CACHE = os.path.isfile(__file__)
 
 
 # ---------------------------------------------------------------------- NumPy kernels
-
-
-def top_n_rows(scores: np.ndarray, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the ``n`` best (score desc, item asc) of ``scores`` with item ids ``items``.
-
-    ``items`` is (rows, m) or (m,). Returns (item ids, scores), each (rows, min(n, m)),
-    ordered best first; excluded entries carry ``-inf`` scores.
-    """
-    rows, m = scores.shape
-    items = np.broadcast_to(items, scores.shape)
-    if m > n:
-        part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-        cand_s = np.take_along_axis(scores, part, axis=1)
-        cand_i = np.take_along_axis(items, part, axis=1)
-        threshold = cand_s.min(axis=1)
-        # Rows with ties at the threshold beyond the n taken: redo them exactly.
-        tied = np.flatnonzero((scores >= threshold[:, None]).sum(axis=1) > n)
-        for r in tied:
-            keep = np.flatnonzero(scores[r] >= threshold[r])
-            order = np.lexsort((items[r, keep], -scores[r, keep]))[:n]
-            cand_s[r] = scores[r, keep[order]]
-            cand_i[r] = items[r, keep[order]]
-    else:
-        cand_s, cand_i = scores.copy(), np.array(items)
-    order = np.lexsort((cand_i, -cand_s), axis=-1)
-    return np.take_along_axis(cand_i, order, axis=1), np.take_along_axis(cand_s, order, axis=1)
 
 
 def top_n_block(
@@ -63,30 +42,63 @@ def top_n_block(
     rated_rows: np.ndarray,
     rated_items: np.ndarray,
     n: int,
-    item_chunk: int = ITEM_CHUNK,
-) -> tuple[np.ndarray, np.ndarray]:
+    max_scores: int = MAX_SCORES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-``n`` items for each user of a block (rows of ``user_factors``).
 
     ``rated_rows``/``rated_items`` list the (row, item) pairs to exclude. Scores are
-    ``user_factors @ item_factors.T + item_offsets + user_bias``, computed one chunk of
-    items at a time and merged.
+    ``user_factors @ item_factors.T + item_offsets + user_bias`` (one matrix product for
+    at most ``max_scores`` scores at a time); a compiled pass keeps each row's best ``n``,
+    ordered by score, ties to the smaller item index. Returns (items, scores, counts):
+    (rows, n) arrays whose row ``r`` is filled up to ``counts[r]`` (less than ``n`` only
+    when the user has fewer than ``n`` items left).
     """
     rows = user_factors.shape[0]
     num_items = item_factors.shape[0]
-    best_i = np.empty((rows, 0), dtype=np.int64)
-    best_s = np.empty((rows, 0))
-    for start in range(0, num_items, item_chunk):
-        stop = min(start + item_chunk, num_items)
-        scores = user_factors @ item_factors[start:stop].T
-        scores += item_offsets[start:stop]
-        scores += user_bias[:, None]
-        inside = (rated_items >= start) & (rated_items < stop)
-        scores[rated_rows[inside], rated_items[inside] - start] = -np.inf
-        chunk_i, chunk_s = top_n_rows(scores, np.arange(start, stop), n)
-        best_i, best_s = top_n_rows(
-            np.concatenate([best_s, chunk_s], axis=1), np.concatenate([best_i, chunk_i], axis=1), n
-        )
-    return best_i, best_s
+    best_i = np.zeros((rows, n), dtype=np.int64)
+    best_s = np.full((rows, n), -np.inf)
+    counts = np.zeros(rows, dtype=np.int64)
+    step = max(1, max_scores // max(num_items, 1))
+    order = np.argsort(rated_rows, kind="stable")
+    rated_rows, rated_items = rated_rows[order], rated_items[order]
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        scores = user_factors[start:stop] @ item_factors.T
+        scores += item_offsets
+        scores += user_bias[start:stop, None]
+        lo, hi = np.searchsorted(rated_rows, [start, stop])
+        scores[rated_rows[lo:hi] - start, rated_items[lo:hi]] = -np.inf
+        _select_top(scores, best_i[start:stop], best_s[start:stop], counts[start:stop])
+    return best_i, best_s, counts
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def _select_top(scores, out_i, out_s, counts):  # pragma: no cover
+    """Per row of ``scores``, the best ``out_i.shape[1]`` (score desc, item asc), skipping
+    ``-inf`` (excluded). Items are visited in ascending order, so an item that ties the
+    current last never displaces it, and a new item goes after the scores equal to its own."""
+    rows, m = scores.shape
+    n = out_i.shape[1]
+    for r in range(rows):
+        cnt = 0
+        for j in range(m):
+            s = scores[r, j]
+            if s == -np.inf:
+                continue
+            if cnt == n:
+                if s <= out_s[r, n - 1]:
+                    continue
+                pos = n - 1
+            else:
+                pos = cnt
+                cnt += 1
+            while pos > 0 and out_s[r, pos - 1] < s:
+                out_s[r, pos] = out_s[r, pos - 1]
+                out_i[r, pos] = out_i[r, pos - 1]
+                pos -= 1
+            out_s[r, pos] = s
+            out_i[r, pos] = j
+        counts[r] = cnt
 
 
 def score_pairs(model_arrays: tuple, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -224,11 +236,11 @@ def top_n(
                 else:
                     rows_ex = position[r_users.to_numpy().astype(np.int64)] - block * block_size
                     items_ex = r_items.to_numpy().astype(np.int64)
-                best_i, best_s = top_n_block(
+                best_i, best_s, counts = top_n_block(
                     theta[members], user_bias[members], x, offsets, rows_ex, items_ex, n
                 )
                 width = best_i.shape[1]
-                ok = np.isfinite(best_s).ravel()
+                ok = (np.arange(width) < counts[:, None]).ravel()
                 user_col = np.repeat(members, width)[ok]
                 rank_col = np.tile(np.arange(1, width + 1, dtype=np.int32), len(members))[ok]
                 yield pa.RecordBatch.from_arrays(
