@@ -6,8 +6,12 @@ in range ``b_i`` as compact NumPy arrays (built once, cached by Spark). An evalu
 the objective at ``w``:
 
 1. broadcasts ``w`` (X, Theta and the biases, one float64 vector);
-2. runs the per-block kernel (:func:`spark_cf.kernel.block_gradients`) on every block; a
-   Python worker keeps the prepared block (sort orders, segment starts) between jobs;
+2. runs the per-block kernel (:func:`spark_cf.kernel.block_gradients`) on every block. A
+   Python worker keeps each block it has prepared, and the job's tasks carry only block
+   ids; the blocks a worker has not seen yet (the first evaluation, a new or restarted
+   worker) are then evaluated by a second job over Spark's cached blocks, which ships
+   just those partitions (``SparkContext.runJob``). Which worker computes a block does
+   not change the result;
 3. collects the partial sums and adds them on the driver *in block order*, so the result
    does not depend on which task finished first or how many cores there are;
 4. adds the regularisation, destroys the broadcast and returns an
@@ -211,6 +215,12 @@ class BlockedRatings:
             lambda p: (p.block_id, len(p.y), int(p.is_val.sum()), float(np.sum(p.y)))
         ).collect()
         self.block_sizes = {bid: n for bid, n, _, _ in summary}
+        self.partitions = partitions
+        # The per-evaluation job runs over the block ids (a few bytes), one task per core,
+        # and finds the blocks in its Python worker; see SparkObjective.evaluate_many.
+        tasks = max(1, min(len(self.block_sizes), self.sc.defaultParallelism))
+        ids = [sorted(self.block_sizes)[t::tasks] for t in range(tasks)]
+        self.ids_rdd = self.sc.parallelize(ids, tasks)
         self.num_ratings = sum(n for _, n, _, _ in summary)
         self.num_val = sum(v for _, _, v, _ in summary)
         self.checksum = math.fsum(s for _, _, _, s in summary)
@@ -240,6 +250,8 @@ class SparkObjective:
         self.blocks = blocks
         self.layout = layout
         self.reg = float(reg)
+        #: evaluations that had to send some blocks from Spark's cache to a Python worker
+        self.payload_jobs = 0
 
     def __call__(self, w: np.ndarray) -> Evaluation:
         return self.evaluate_many([w])[0]
@@ -247,14 +259,33 @@ class SparkObjective:
     def evaluate_many(self, points: Sequence[np.ndarray]) -> list[Evaluation]:
         """Evaluate several parameter vectors in one Spark job (one pass over the blocks)."""
         layout = self.layout
-        bc = self.blocks.sc.broadcast(list(points))
+        blocks = self.blocks
+        key = blocks.key
+        bc = blocks.sc.broadcast(list(points))
         try:
-            per_block = self.blocks.rdd.map(
-                lambda payload: [kernel.block_gradients_flat(payload, w, layout) for w in bc.value]
-            ).collect()
+            # Fast path: the tasks carry block ids only, and each Python worker evaluates
+            # the blocks it has prepared before (kernel.cached_gradients).
+            def from_cache(ids):
+                return [(bid, kernel.cached_gradients(key, bid, bc.value, layout)) for bid in ids]
+
+            found = blocks.ids_rdd.flatMap(from_cache).collect()
+            by_block = {bid: results for bid, results in found if results is not None}
+            missed = sorted({bid % blocks.partitions for bid, res in found if res is None})
+            if missed:
+                # The blocks a worker has not seen travel from Spark's cache once.
+                def from_payloads(payloads):
+                    return [
+                        (p.block_id, [kernel.block_gradients_flat(p, w, layout) for w in bc.value])
+                        for p in payloads
+                    ]
+
+                by_block.update(blocks.sc.runJob(blocks.rdd, from_payloads, missed))
+                self.payload_jobs += 1
         finally:
             bc.destroy()
-        per_block.sort(key=lambda results: results[0].block_id)
+        per_block = [by_block[bid] for bid in sorted(by_block)]
+        if len(per_block) != len(blocks.block_sizes):
+            raise RuntimeError(f"{len(per_block)} of {len(blocks.block_sizes)} blocks evaluated")
         return [
             self._assemble(w, [results[k] for results in per_block]) for k, w in enumerate(points)
         ]

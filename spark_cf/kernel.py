@@ -89,14 +89,28 @@ def prepared_block(payload: BlockPayload) -> Block:
     return block
 
 
-def block_gradients_flat(payload: BlockPayload, w: np.ndarray, layout) -> BlockResult:
-    """:func:`block_gradients` for a payload and a flat parameter vector (the Spark task)."""
-    block = prepared_block(payload)
+def cached_gradients(key: str, block_id: int, points, layout) -> list | None:
+    """:func:`block_gradients_flat` at each of ``points`` for a block this process has
+    prepared before, or None when it has not (the caller then sends the payload)."""
+    blocks = _PREPARED.get(key)
+    block = blocks.get(block_id) if blocks is not None else None
+    if block is None:
+        return None
+    _PREPARED.move_to_end(key)
+    return [_gradients(block, w, layout) for w in points]
+
+
+def _gradients(block: Block, w: np.ndarray, layout) -> BlockResult:
     if layout.biases:
         return block_gradients(
             block, layout.X(w), layout.Theta(w), layout.item_bias(w), layout.user_bias(w)
         )
     return block_gradients(block, layout.X(w), layout.Theta(w))
+
+
+def block_gradients_flat(payload: BlockPayload, w: np.ndarray, layout) -> BlockResult:
+    """:func:`block_gradients` for a payload and a flat parameter vector (the Spark task)."""
+    return _gradients(prepared_block(payload), w, layout)
 
 
 @dataclass

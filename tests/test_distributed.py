@@ -18,7 +18,7 @@ from spark_cf.errors import CheckpointError, DivergenceError
 from spark_cf.indexing import ITEM_IDX, USER_IDX
 from spark_cf.model import fit
 from spark_cf.params import Layout, initial_parameters
-from spark_cf.reference import cost_and_gradients, numerical_gradient
+from spark_cf.reference import biased_cost_and_gradients, cost_and_gradients, numerical_gradient
 from spark_cf.synthetic import SyntheticSpec, write_parquet
 from spark_cf.verify import LBFGS_TRAJECTORY_TOLERANCE
 
@@ -265,3 +265,52 @@ def test_same_result_whatever_the_input_partitioning(ratings):
     np.testing.assert_array_equal(results[0].item_factors, results[1].item_factors)
     np.testing.assert_array_equal(results[0].user_factors, results[1].user_factors)
     np.testing.assert_array_equal(results[0].item_means, results[1].item_means)
+
+
+def test_blocks_from_the_worker_cache_or_from_spark_give_the_same_bits(ratings):
+    data = prepare(
+        ratings, holdout_fraction=0.2, split="random", seed=3, mean_normalization=True, biases=True
+    )
+    blocks = BlockedRatings(
+        data.ratings,
+        num_users=data.index.num_users,
+        num_items=data.index.num_items,
+        normalization=data.normalization,
+        user_blocks=3,
+        item_blocks=2,
+    )
+    layout = Layout(data.index.num_items, data.index.num_users, 3, biases=True)
+    objective = blocks.objective(layout, 1.0)
+    w = initial_parameters(layout, init_scale=0.3, seed=5)
+    first = objective(w)  # no worker has a block yet: they come from Spark's cache
+    assert objective.payload_jobs == 1
+    for _ in range(4):
+        cached = objective(w)
+    assert objective.payload_jobs < 5  # the workers kept the blocks
+    # a key no worker knows: every block misses its worker cache and comes from Spark's
+    key = blocks.key
+    blocks.key = "unknown"
+    before = objective.payload_jobs
+    again = objective(w)
+    assert objective.payload_jobs == before + 1
+    blocks.key = key
+    for ev in (cached, again):
+        assert ev.cost == first.cost and ev.val_sse == first.val_sse
+        np.testing.assert_array_equal(ev.grad, first.grad)
+    # and the reference agrees
+    a = data.arrays()
+    train = ~a[IS_VAL]
+    y = a["rating"] - data.normalization.offsets(a[ITEM_IDX])
+    ref = biased_cost_and_gradients(
+        layout.X(w),
+        layout.Theta(w),
+        layout.item_bias(w),
+        layout.user_bias(w),
+        a[ITEM_IDX][train],
+        a[USER_IDX][train],
+        y[train],
+        1.0,
+    )[0]
+    assert first.cost == pytest.approx(ref, rel=TOL)
+    blocks.unpersist()
+    data.ratings.unpersist()
