@@ -9,7 +9,7 @@ DATA := data/synthetic/ratings.parquet
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install nightly test dist bench clean
+.PHONY: install nightly test dist bench bench-als clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,11 @@ dist: install
 	$(BIN)/python -m spark_cf.packaging dist/spark_cf.zip
 
 bench: install
-	$(BIN)/python benchmarks/iteration_speed.py
+	$(BIN)/python benchmarks/iteration_speed.py --sizes 1000000 5000000
+
+# spark-cf against Spark MLlib ALS (needs ../shared/data; see docs/benchmarks.md)
+bench-als: install
+	$(BIN)/python benchmarks/vs_als.py
 
 clean:
 	rm -rf dist build *.egg-info output spark-warehouse

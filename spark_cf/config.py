@@ -340,7 +340,18 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set needs section.key=value, got {text!r}")
     dotted, value_text = text.split("=", 1)
-    parts = dotted.strip().split(".", 1)
+    dotted = dotted.strip()
+    if '"' in dotted or "'" in dotted:
+        # a quoted TOML key, as in the file: spark.conf."spark.sql.shuffle.partitions"
+        try:
+            path, node = [], tomllib.loads(f"{dotted} = 0")
+            while isinstance(node, dict) and len(node) == 1:
+                ((name, node),) = node.items()
+                path.append(name)
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"--set needs section.key=value, got {text!r}") from None
+        dotted = ".".join(path)
+    parts = dotted.split(".", 1)
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"--set needs section.key=value, got {text!r}")
     try:

@@ -167,3 +167,14 @@ def test_dates_and_spark_conf_tables():
     assert load_config(None, ["output.run_date=2026-11-23"]).output.run_date == "2026-11-23"
     with pytest.raises(ConfigError, match="quote Spark keys with dots"):
         load_config(None, ['spark.conf={spark = {driver = {memory = "4g"}}}'])
+
+
+def test_a_quoted_key_in_set_is_read_as_in_the_file():
+    cfg = load_config(
+        None,
+        ["spark.conf.\"spark.sql.shuffle.partitions\"='8'", 'model."reg"=3', "input.'path'=/a/b"],
+    )
+    assert cfg.spark.conf == {"spark.sql.shuffle.partitions": "8"}
+    assert cfg.model.reg == 3.0 and cfg.input.path == "/a/b"
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ['model."reg=3'])
