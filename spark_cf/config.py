@@ -65,7 +65,7 @@ class ModelConfig:
 class TrainConfig:
     optimizer: str = "lbfgs"
     learning_rate: float = 0.0003
-    max_iter: int = 200
+    max_iter: int = 100
     tol: float = 1e-7
     num_user_blocks: int = 0
     num_item_blocks: int = 0
@@ -77,6 +77,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     lbfgs_memory: int = 10
+    lbfgs_precondition: bool = False
     divergence_patience: int = 3
     warm_start: str = ""
 

@@ -162,6 +162,18 @@ def _assemble(
         )
 
 
+def _block_summary(p: kernel.BlockPayload) -> tuple:
+    train = ~p.is_val
+    return (
+        p.block_id,
+        len(p.y),
+        int(p.is_val.sum()),
+        float(np.sum(p.y)),
+        (p.user_start, np.bincount(p.users[train], minlength=p.num_users)),
+        (p.item_start, np.bincount(p.items[train], minlength=p.num_items)),
+    )
+
+
 class BlockedRatings:
     """The training ratings cached in Spark as NumPy blocks, and the objective over them."""
 
@@ -211,9 +223,14 @@ class BlockedRatings:
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         self.rdd.setName(f"spark-cf blocks {user_blocks}x{item_blocks}")
-        summary = self.rdd.map(
-            lambda p: (p.block_id, len(p.y), int(p.is_val.sum()), float(np.sum(p.y)))
-        ).collect()
+        summary = self.rdd.map(_block_summary).collect()
+        # training ratings per user and per item (L-BFGS's preconditioner)
+        self.user_counts = np.zeros(num_users, dtype=np.int64)
+        self.item_counts = np.zeros(num_items, dtype=np.int64)
+        for _, _, _, _, (u0, users), (i0, items) in summary:
+            self.user_counts[u0 : u0 + len(users)] += users
+            self.item_counts[i0 : i0 + len(items)] += items
+        summary = [row[:4] for row in summary]
         self.block_sizes = {bid: n for bid, n, _, _ in summary}
         self.partitions = partitions
         # The per-evaluation job runs over the block ids (a few bytes), one task per core,

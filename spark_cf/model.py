@@ -23,7 +23,7 @@ from spark_cf.dataset import TrainingData
 from spark_cf.distributed import BlockedRatings, choose_blocks
 from spark_cf.indexing import IdIndex
 from spark_cf.optimizers import OptimizerSettings, make_optimizer
-from spark_cf.params import Layout, initial_parameters
+from spark_cf.params import Layout, initial_parameters, row_preconditioner
 from spark_cf.training import CheckpointPolicy, TrainResult, fingerprint_of, minimize
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ def optimizer_settings(train: TrainConfig) -> OptimizerSettings:
         adam_beta2=train.adam_beta2,
         adam_epsilon=train.adam_epsilon,
         lbfgs_memory=train.lbfgs_memory,
+        lbfgs_precondition=train.lbfgs_precondition,
     )
 
 
@@ -138,7 +139,12 @@ def fit(
             w0 = warm_start_parameters(
                 load_model(spark, train_cfg.warm_start), layout, index, w0, train_cfg.warm_start
             )
-        optimizer = make_optimizer(train_cfg.optimizer, optimizer_settings(train_cfg), layout.size)
+        optimizer = make_optimizer(
+            train_cfg.optimizer,
+            optimizer_settings(train_cfg),
+            layout.size,
+            row_preconditioner(layout, blocks.item_counts, blocks.user_counts),
+        )
         summary = {
             "ratings": blocks.num_ratings,
             "held_out": blocks.num_val,

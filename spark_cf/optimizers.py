@@ -14,7 +14,13 @@ Rules (``g`` the gradient at the current ``w``, ``lr`` the learning rate, ``mu``
 - ``adam``: bias-corrected first and second moments, ``w <- w - lr m^ / (sqrt(s^) + eps)``;
 - ``lbfgs``: limited-memory BFGS two-loop direction, backtracking line search with the
   Armijo condition (quadratic interpolation), curvature pairs kept only when ``s.y > 0``.
-  It needs no learning rate.
+  It needs no learning rate. With ``lbfgs_precondition`` its initial inverse Hessian is
+  diagonal, ``gamma D`` with ``D = 1 / (ratings of the row + 1)`` for every parameter of
+  an item's or a user's row (:func:`spark_cf.params.row_preconditioner`) and ``gamma =
+  s.y / y.D.y``, instead of ``gamma I``: a row's curvature grows with its ratings, and on
+  skewed data the scalar start can make L-BFGS crawl (measured on 1M generated ratings,
+  biased model: held-out RMSE 0.59 after 18 iterations instead of 54; on ml-latest-small
+  and MovieTweetings no gain, so it is off by default).
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class OptimizerSettings:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     lbfgs_memory: int = 10
+    lbfgs_precondition: bool = False
 
 
 class Optimizer(ABC):
@@ -175,8 +182,11 @@ class LBFGS(Optimizer):
     c1 = 1e-4
     max_line_search = 20
 
-    def __init__(self, settings: OptimizerSettings, size: int) -> None:
+    def __init__(
+        self, settings: OptimizerSettings, size: int, preconditioner: np.ndarray | None = None
+    ) -> None:
         super().__init__(settings, size)
+        self.preconditioner = preconditioner if settings.lbfgs_precondition else None
         m = settings.lbfgs_memory
         self.s = np.zeros((m, size))
         self.y = np.zeros((m, size))
@@ -197,9 +207,16 @@ class LBFGS(Optimizer):
         for n, slot in reversed(list(enumerate(order))):
             alphas[n] = self.rho[slot] * float(self.s[slot] @ q)
             q -= alphas[n] * self.y[slot]
+        D = self.preconditioner
         if order:
             last = order[-1]
-            q *= float(self.s[last] @ self.y[last]) / float(self.y[last] @ self.y[last])
+            yv = self.y[last]
+            if D is None:
+                q *= float(self.s[last] @ yv) / float(yv @ yv)
+            else:
+                q *= D * (float(self.s[last] @ yv) / float(yv @ (D * yv)))
+        elif D is not None:
+            q *= D
         for n, slot in enumerate(order):
             beta = self.rho[slot] * float(self.y[slot] @ q)
             q += (alphas[n] - beta) * self.s[slot]
@@ -270,12 +287,22 @@ OPTIMIZER_CLASSES: dict[str, type[Optimizer]] = {
 }
 
 
-def make_optimizer(name: str, settings: OptimizerSettings, size: int) -> Optimizer:
-    """The optimiser called ``name`` (one of gd, momentum, nesterov, adam, lbfgs)."""
+def make_optimizer(
+    name: str,
+    settings: OptimizerSettings,
+    size: int,
+    preconditioner: np.ndarray | None = None,
+) -> Optimizer:
+    """The optimiser called ``name`` (one of gd, momentum, nesterov, adam, lbfgs).
+
+    ``preconditioner``: L-BFGS's diagonal (see the module docstring); the others ignore it.
+    """
     try:
         cls = OPTIMIZER_CLASSES[name]
     except KeyError:
         raise ValueError(
             f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZER_CLASSES)}"
         ) from None
+    if cls is LBFGS:
+        return LBFGS(settings, size, preconditioner)
     return cls(settings, size)

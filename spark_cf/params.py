@@ -90,3 +90,19 @@ def initial_parameters(layout: Layout, *, init_scale: float, seed: int) -> np.nd
     X = rng.standard_normal((layout.num_items, layout.rank)) * init_scale
     Theta = rng.standard_normal((layout.num_users, layout.rank)) * init_scale
     return layout.pack(X, Theta)
+
+
+def row_preconditioner(
+    layout: Layout, item_counts: np.ndarray, user_counts: np.ndarray
+) -> np.ndarray:
+    """L-BFGS's diagonal: ``1 / (training ratings of the row + 1)`` for every parameter of
+    an item's row (its features and bias) and of a user's row."""
+    D = np.empty(layout.size)
+    item = 1.0 / (np.asarray(item_counts, dtype=np.float64) + 1.0)
+    user = 1.0 / (np.asarray(user_counts, dtype=np.float64) + 1.0)
+    layout.X(D)[:] = item[:, None]
+    layout.Theta(D)[:] = user[:, None]
+    if layout.biases:
+        layout.item_bias(D)[:] = item
+        layout.user_bias(D)[:] = user
+    return D

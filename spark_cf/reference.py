@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spark_cf.optimizers import Evaluation, OptimizerSettings, make_optimizer
-from spark_cf.params import Layout, initial_parameters
+from spark_cf.params import Layout, initial_parameters, row_preconditioner
 from spark_cf.training import CheckpointPolicy, TrainResult, fingerprint_of, minimize
 
 
@@ -225,7 +225,16 @@ def train_reference(
         val = (vi, vu, np.asarray(vy, dtype=np.float64) - norm.offsets(vi))
     objective = ReferenceObjective(layout, item_idx, user_idx, y_norm, reg, val)
     w0 = initial_parameters(layout, init_scale=init_scale, seed=seed)
-    opt = make_optimizer(optimizer, settings or OptimizerSettings(), layout.size)
+    counts = (
+        np.bincount(item_idx, minlength=num_items),
+        np.bincount(user_idx, minlength=num_users),
+    )
+    opt = make_optimizer(
+        optimizer,
+        settings or OptimizerSettings(),
+        layout.size,
+        row_preconditioner(layout, *counts),
+    )
     fingerprint = fingerprint_of(
         {
             "n": len(y),

@@ -314,3 +314,24 @@ def test_blocks_from_the_worker_cache_or_from_spark_give_the_same_bits(ratings):
     assert first.cost == pytest.approx(ref, rel=TOL)
     blocks.unpersist()
     data.ratings.unpersist()
+
+
+def test_preconditioned_lbfgs_on_spark_follows_the_reference(small_data):
+    from spark_cf.verify import reference_for
+
+    cfg = small_config(optimizer="lbfgs", lbfgs_precondition=True, max_iter=25)
+    model, result = fit(small_data, cfg.model, cfg.train)
+    reference, layout = reference_for(small_data, cfg)
+    plain_cfg = small_config(optimizer="lbfgs", max_iter=25)
+    _, plain = fit(small_data, plain_cfg.model, plain_cfg.train)
+    # the preconditioner changes the path: the plain run lands elsewhere
+    assert abs(plain.final_cost - result.final_cost) > 1e-6 * result.final_cost
+    assert result.iterations == reference.iterations
+    np.testing.assert_allclose(
+        [h["cost"] for h in result.history],
+        [h["cost"] for h in reference.history],
+        rtol=LBFGS_TRAJECTORY_TOLERANCE,
+    )
+    np.testing.assert_allclose(
+        model.item_factors, layout.X(reference.w), atol=LBFGS_TRAJECTORY_TOLERANCE
+    )

@@ -271,3 +271,38 @@ def test_resume_after_a_run_that_stopped_at_a_checkpoint(tmp_path):
     assert again.resumed_from == done.iterations == again.iterations
     assert again.stop_reason == "converged"
     np.testing.assert_array_equal(again.w, done.w)
+
+
+def test_row_preconditioner_is_one_over_the_rows_ratings_plus_one():
+    from spark_cf.params import row_preconditioner
+
+    layout = Layout(num_items=3, num_users=2, rank=2, biases=True)
+    D = row_preconditioner(layout, np.array([0, 1, 4]), np.array([3, 0]))
+    np.testing.assert_array_equal(layout.X(D), [[1, 1], [0.5, 0.5], [0.2, 0.2]])
+    np.testing.assert_array_equal(layout.Theta(D), [[0.25, 0.25], [1, 1]])
+    np.testing.assert_array_equal(layout.item_bias(D), [1, 0.5, 0.2])
+    np.testing.assert_array_equal(layout.user_bias(D), [0.25, 1])
+
+
+def test_preconditioned_lbfgs_starts_along_minus_d_times_the_gradient():
+    from spark_cf.optimizers import LBFGS, Evaluation
+    from spark_cf.params import row_preconditioner
+
+    layout = Layout(num_items=3, num_users=2, rank=2)
+    D = row_preconditioner(layout, np.array([0, 1, 4]), np.array([3, 0]))
+    g = np.arange(1.0, layout.size + 1)
+    seen = []
+
+    def f(w):
+        seen.append(w.copy())
+        return Evaluation(0.0, np.zeros_like(w))  # accepts the first trial step
+
+    for precondition, direction in ((True, -D * g), (False, -g)):
+        seen.clear()
+        opt = LBFGS(OptimizerSettings(lbfgs_precondition=precondition), layout.size, D)
+        w0 = np.zeros(layout.size)
+        opt.step(w0, Evaluation(1.0, g), f)
+        step = seen[0] - w0
+        np.testing.assert_allclose(
+            step / np.linalg.norm(step), direction / np.linalg.norm(direction)
+        )
