@@ -563,15 +563,20 @@ def targets(results: dict) -> list[dict]:
             }
         )
     if "gen-5M" in sets and "gen-20M" in sets:
-        per = {
-            n: statistics.median(v["evaluation_s"] for v in sets[n]["spark_cf"]["variants"])
-            for n in ("gen-5M", "gen-20M")
-        }
+        # the same variant on both (the one the 20M set runs)
+        name20 = sets["gen-20M"]["spark_cf"]["variants"][0]["variant"]
+        per, empty = {}, {}
+        for n in ("gen-5M", "gen-20M"):
+            row = next(v for v in sets[n]["spark_cf"]["variants"] if v["variant"] == name20)
+            per[n] = row["evaluation_s"]
+            empty[n] = sets[n]["spark_cf"]["empty_job_s"]
         ratio = per["gen-20M"] / per["gen-5M"]
+        net = (per["gen-20M"] - empty["gen-20M"]) / (per["gen-5M"] - empty["gen-5M"])
         out.append(
             {
-                "target": "time per evaluation, 20M over 5M, within 3x to 5x",
-                "value": f"{ratio:.2f}x",
+                "target": f"time per evaluation ({name20}), 20M over 5M, within 3x to 5x",
+                "value": f"{ratio:.2f}x ({per['gen-20M']:.3f} s / {per['gen-5M']:.3f} s); "
+                f"less the empty job's time: {net:.2f}x",
                 "met": 3.0 <= ratio <= 5.0,
             }
         )
@@ -644,7 +649,7 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {name} | {a['top_n_s']} | {o['top_n_s']} | {o['top_n_excluding_rated_s']} | "
             f"{o['top_n_s'] / a['top_n_s']:.2f}x | {o['reference_evaluation_s']} | "
-            f"{per_eval} | {o['empty_job_s']} | {a['peak_gib'].get('total')} | "
+            f"{per_eval:.3f} | {o['empty_job_s']} | {a['peak_gib'].get('total')} | "
             f"{o['peak_gib'].get('total')} ({o['peak_gib'].get('driver_jvm')} / "
             f"{o['peak_gib'].get('python_workers')}) |"
         )
@@ -730,6 +735,8 @@ def main() -> int:
     previous = RESULTS / "vs_als.json"
     if previous.exists():  # keep the data sets this run does not redo
         old = json.loads(previous.read_text())
+        if not args.datasets and (args.no_e2e or not args.e2e):  # only re-render
+            results["date"], results["machine"] = old["date"], old["machine"]
         results["datasets"] = {
             k: v for k, v in old.get("datasets", {}).items() if k not in args.datasets
         }

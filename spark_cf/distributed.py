@@ -255,6 +255,13 @@ class BlockedRatings:
         return SparkObjective(self, layout, reg)
 
     def unpersist(self) -> None:
+        """Drop the cached blocks, and (best effort: the workers this job reaches) the
+        workers' prepared copies; the others age out of their LRU (kernel.MAX_CACHED_DATASETS)."""
+        key = self.key
+        try:
+            self.ids_rdd.foreach(lambda _: kernel.forget(key))
+        except Exception as exc:  # noqa: BLE001 - freeing memory must not fail a run
+            log.warning("could not drop the workers' copies of the blocks: %s", exc)
         self.rdd.unpersist()
 
 

@@ -89,6 +89,11 @@ def prepared_block(payload: BlockPayload) -> Block:
     return block
 
 
+def forget(key: str) -> None:
+    """Drop this process's prepared blocks of the data set ``key``."""
+    _PREPARED.pop(key, None)
+
+
 def cached_gradients(key: str, block_id: int, points, layout) -> list | None:
     """:func:`block_gradients_flat` at each of ``points`` for a block this process has
     prepared before, or None when it has not (the caller then sends the payload)."""
