@@ -55,7 +55,7 @@ TOP_N = 10
 HOLDOUT = 0.2
 SEED = 42
 ALS_ITERATIONS = 10
-ALS_REGS = {"real": (0.05, 0.1, 0.2, 0.5, 1.0), "generated": (0.02, 0.05, 0.1)}
+ALS_REGS = {"real": (0.05, 0.1, 0.2, 0.5, 1.0), "generated": (0.01, 0.02, 0.05)}
 DRIVER_MEMORY = "12g"
 SPARK_CONF = {"spark.driver.memory": DRIVER_MEMORY, "spark.sql.shuffle.partitions": "8"}
 

@@ -265,6 +265,15 @@ class BlockedRatings:
         self.rdd.unpersist()
 
 
+#: Python workers are taken from an idle queue in turn, so with fewer tasks than workers the
+#: id-only job can keep landing on a worker that lacks the block the previous fallback job
+#: gave another one (seen with one block on local[2]: every evaluation took two jobs). After
+#: this many evaluations in a row with a fallback, the blocks are shipped in one job for
+#: PAYLOAD_ROUNDS evaluations, then the id-only job is tried again.
+MISS_STREAK = 8
+PAYLOAD_ROUNDS = 50
+
+
 class SparkObjective:
     """The objective over :class:`BlockedRatings`; see the module docstring."""
 
@@ -276,6 +285,8 @@ class SparkObjective:
         self.reg = float(reg)
         #: evaluations that had to send some blocks from Spark's cache to a Python worker
         self.payload_jobs = 0
+        self._miss_streak = 0
+        self._payload_rounds = 0
 
     def __call__(self, w: np.ndarray) -> Evaluation:
         return self.evaluate_many([w])[0]
@@ -286,25 +297,40 @@ class SparkObjective:
         blocks = self.blocks
         key = blocks.key
         bc = blocks.sc.broadcast(list(points))
-        try:
-            # Fast path: the tasks carry block ids only, and each Python worker evaluates
-            # the blocks it has prepared before (kernel.cached_gradients).
-            def from_cache(ids):
-                return [(bid, kernel.cached_gradients(key, bid, bc.value, layout)) for bid in ids]
 
-            found = blocks.ids_rdd.flatMap(from_cache).collect()
-            by_block = {bid: results for bid, results in found if results is not None}
-            missed = sorted({bid % blocks.partitions for bid, res in found if res is None})
-            if missed:
-                # The blocks a worker has not seen travel from Spark's cache once.
-                def from_payloads(payloads):
+        def from_payloads(payloads):
+            return [
+                (p.block_id, [kernel.block_gradients_flat(p, w, layout) for w in bc.value])
+                for p in payloads
+            ]
+
+        try:
+            if self._payload_rounds > 0:
+                # Recent evaluations kept missing the workers' copies: ship every block,
+                # in one job, for a while (see MISS_STREAK).
+                self._payload_rounds -= 1
+                by_block = dict(blocks.rdd.mapPartitions(from_payloads).collect())
+                self.payload_jobs += 1
+            else:
+                # Fast path: the tasks carry block ids only, and each Python worker
+                # evaluates the blocks it has prepared before (kernel.cached_gradients).
+                def from_cache(ids):
                     return [
-                        (p.block_id, [kernel.block_gradients_flat(p, w, layout) for w in bc.value])
-                        for p in payloads
+                        (bid, kernel.cached_gradients(key, bid, bc.value, layout)) for bid in ids
                     ]
 
-                by_block.update(blocks.sc.runJob(blocks.rdd, from_payloads, missed))
-                self.payload_jobs += 1
+                found = blocks.ids_rdd.flatMap(from_cache).collect()
+                by_block = {bid: results for bid, results in found if results is not None}
+                missed = sorted({bid % blocks.partitions for bid, res in found if res is None})
+                if missed:
+                    # The blocks a worker has not seen travel from Spark's cache.
+                    by_block.update(blocks.sc.runJob(blocks.rdd, from_payloads, missed))
+                    self.payload_jobs += 1
+                    self._miss_streak += 1
+                    if self._miss_streak >= MISS_STREAK:
+                        self._payload_rounds, self._miss_streak = PAYLOAD_ROUNDS, 0
+                else:
+                    self._miss_streak = 0
         finally:
             bc.destroy()
         per_block = [by_block[bid] for bid in sorted(by_block)]
