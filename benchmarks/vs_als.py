@@ -241,13 +241,10 @@ def _prepared(spark, path: str, biases: bool):
 
 
 def _median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    sys.path.insert(0, str(HERE))
+    from iteration_speed import median_seconds
+
+    return median_seconds(fn, repeats)
 
 
 def _empty_job_seconds(spark) -> float:
@@ -598,9 +595,11 @@ def markdown(results: dict) -> str:
         "",
         f"Made by `python benchmarks/vs_als.py` on {results['date']} "
         f"({m['cpus']} cores, {m['memory_gib']} GiB, {m['platform']}, Python {m['python']}, "
-        f"pyspark {m['pyspark']}), local[2], driver memory {DRIVER_MEMORY}. One run; each "
-        "system in its own process on the same 20% random held-out split. The figures "
-        "are in `benchmarks/results/vs_als.json`.",
+        f"pyspark {m['pyspark']}), local[2], driver memory {DRIVER_MEMORY}. Each data set "
+        "is measured in one run, both systems in it, each in its own process, on the same "
+        "20% random held-out split; `--datasets` re-measures some, so the data sets may "
+        "come from different runs (their times below). The figures are in "
+        "`benchmarks/results/vs_als.json`.",
         "",
         f"ALS: rank {RANK}, {ALS_ITERATIONS} iterations, regParam tuned on the held-out "
         f"RMSE over {list(ALS_REGS['real'])} on the real sets and "
@@ -611,6 +610,10 @@ def markdown(results: dict) -> str:
         "RMSE is unclipped for both; pairs ALS cannot score get the training mean.",
         "",
         "## Accuracy and fit time",
+        "",
+        "Measured: "
+        + ", ".join(f"{n} {r.get('date', results['date'])}" for n, r in results["datasets"].items())
+        + ".",
         "",
         "| data | ratings | ALS best reg | ALS fit s | ALS RMSE | spark-cf variant | fit s "
         "| iterations | RMSE (best along the run) | reach s | reach / ALS fit |",
@@ -664,18 +667,22 @@ def markdown(results: dict) -> str:
             "at the best reg, held-out predictions, `recommendForAllUsers`, the factors, "
             "published the same way). Wall seconds, JVM start included.",
             "",
-            "| data | nightly s | ALS script s | ratio |",
-            "|---|---|---|---|",
+            "| data | nightly s | ALS script s | ratio | measured |",
+            "|---|---|---|---|---|",
         ]
         for name, r in results["end_to_end"].items():
             lines.append(
                 f"| {name} | {r['spark_cf']['seconds']} | {r['als']['seconds']} | "
-                f"{r['ratio']:.2f}x |"
+                f"{r['ratio']:.2f}x | {r.get('date', results['date'])} |"
             )
     lines += ["", "## Targets", "", "| target | measured | |", "|---|---|---|"]
     for t in results["targets"]:
         lines.append(f"| {t['target']} | {t['value']} | {'met' if t['met'] else 'NOT met'} |")
     return "\n".join(lines) + "\n"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def machine() -> dict:
@@ -765,7 +772,7 @@ def main() -> int:
             child.append("--stop-at-target")
         ours, ours_peak, _ = run_child(child)
         ours["peak_gib"] = ours_peak
-        results["datasets"][name] = {"als": als, "spark_cf": ours}
+        results["datasets"][name] = {"als": als, "spark_cf": ours, "date": _now()}
         print(f"{name}: peak GiB ALS {als_peak}, spark-cf {ours_peak}", flush=True)
         save()
     if not args.no_e2e:
@@ -776,7 +783,7 @@ def main() -> int:
             timed = e2e(name, dataset_path(name), r["als"]["best"]["reg"], r["spark_cf"]["best"])
             if timed is None:
                 return 1
-            results["end_to_end"][name] = timed
+            results["end_to_end"][name] = {**timed, "date": _now()}
             save()
     save()
     for t in results["targets"]:
