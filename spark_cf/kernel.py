@@ -184,27 +184,33 @@ def block_gradients(
 _CACHE = os.path.isfile(__file__)
 
 
+@numba.njit(cache=_CACHE, nogil=True, inline="always")
+def _residual(n, items, users, y, X, T, bi, bu):  # pragma: no cover
+    """``theta_u . x_i (+ b_i + b_u) - y`` of rating ``n`` (biases when ``bi`` is not empty)."""
+    i = items[n]
+    u = users[n]
+    e = 0.0
+    for f in range(X.shape[1]):
+        e += X[i, f] * T[u, f]
+    if bi.shape[0] > 0:
+        e += bi[i] + bu[u]
+    return e - y[n]
+
+
 @numba.njit(cache=_CACHE, nogil=True)
 def _fused_gradients(items, users, y, X, T, bi, bu, dX, dT, dbi, dbu):  # pragma: no cover
     """Adds each training rating's residual terms to dX, dT (and dbi, dbu when the bias
     arrays are not empty), in rating order; returns the sum of squared residuals."""
-    rank = X.shape[1]
-    biased = bi.shape[0] > 0
     sse = 0.0
     for n in range(y.shape[0]):
+        e = _residual(n, items, users, y, X, T, bi, bu)
+        sse += e * e
         i = items[n]
         u = users[n]
-        e = 0.0
-        for f in range(rank):
-            e += X[i, f] * T[u, f]
-        if biased:
-            e += bi[i] + bu[u]
-        e -= y[n]
-        sse += e * e
-        for f in range(rank):
+        for f in range(X.shape[1]):
             dX[i, f] += e * T[u, f]
             dT[u, f] += e * X[i, f]
-        if biased:
+        if bi.shape[0] > 0:
             dbi[i] += e
             dbu[u] += e
     return sse
@@ -213,17 +219,8 @@ def _fused_gradients(items, users, y, X, T, bi, bu, dX, dT, dbi, dbu):  # pragma
 @numba.njit(cache=_CACHE, nogil=True)
 def _squared_errors(items, users, y, X, T, bi, bu):  # pragma: no cover
     """The sum of squared residuals of the given ratings (the held-out ones)."""
-    rank = X.shape[1]
-    biased = bi.shape[0] > 0
     sse = 0.0
     for n in range(y.shape[0]):
-        i = items[n]
-        u = users[n]
-        e = 0.0
-        for f in range(rank):
-            e += X[i, f] * T[u, f]
-        if biased:
-            e += bi[i] + bu[u]
-        e -= y[n]
+        e = _residual(n, items, users, y, X, T, bi, bu)
         sse += e * e
     return sse

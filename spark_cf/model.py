@@ -108,6 +108,13 @@ def fit(
     ``callback`` and ``stop_when`` are passed to :func:`spark_cf.training.minimize`.
     ``blocks`` reuses ratings already blocked and cached (and leaves them cached).
     """
+    if train_cfg.warm_start == "latest":
+        from spark_cf.errors import ConfigError
+
+        raise ConfigError(
+            "train.warm_start = 'latest' is resolved by the nightly job only; give the "
+            "model folder of an earlier run, e.g. output/run_date=2026-11-24/model"
+        )
     spark = data.ratings.sparkSession
     cores = spark.sparkContext.defaultParallelism
     user_blocks, item_blocks = choose_blocks(
@@ -128,13 +135,6 @@ def fit(
     try:
         layout = Layout(index.num_items, index.num_users, model_cfg.rank, model_cfg.biases)
         w0 = initial_parameters(layout, init_scale=model_cfg.init_scale, seed=model_cfg.seed)
-        if train_cfg.warm_start == "latest":
-            from spark_cf.errors import ConfigError
-
-            raise ConfigError(
-                "train.warm_start = 'latest' is resolved by the nightly job only; give the "
-                "model folder of an earlier run, e.g. output/run_date=2026-11-24/model"
-            )
         if train_cfg.warm_start:
             w0 = warm_start_parameters(
                 load_model(spark, train_cfg.warm_start), layout, index, w0, train_cfg.warm_start
