@@ -15,8 +15,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
-install: $(BIN)/python
+# Installed once, and again only when pyproject.toml changes (the stamp file records it).
+STAMP := $(VENV)/.installed
+install: $(STAMP)
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[test,plot]'
+	touch $@
 
 $(DATA): | install
 	$(BIN)/python jobs/generate.py --output $(DATA) --num-users 3000 --num-items 1500 \
