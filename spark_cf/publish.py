@@ -61,6 +61,9 @@ CONTROL = "_staging"
 #: host); ``output.lock_timeout_hours`` sets it for the jobs.
 DEFAULT_LOCK_TIMEOUT_S = 24 * 3600.0
 
+#: How long a run waits for another run's short recovery of its target before refusing.
+RECOVERY_WAIT_S = 60.0
+
 #: The points of a publication where :data:`fault_hook` is called, in order.
 STEPS = ("locked", "recovered", "staged", "aside", "swapped", "cleaned")
 
@@ -144,9 +147,10 @@ class LockOwner:
     app_id: str
     started_at: float
     token: str
+    purpose: str = "publish"
 
     @classmethod
-    def me(cls, app_id: str) -> LockOwner:
+    def me(cls, app_id: str, purpose: str = "publish") -> LockOwner:
         pid = os.getpid()
         try:
             user = os.getlogin()
@@ -160,6 +164,7 @@ class LockOwner:
             app_id,
             time.time(),
             uuid.uuid4().hex,
+            purpose,
         )
 
     @classmethod
@@ -229,17 +234,35 @@ class Lock:
         _HELD.discard(self.owner.token)
 
 
-def acquire(spark, target: Target, *, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Lock:
+def acquire(
+    spark,
+    target: Target,
+    *,
+    timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    purpose: str = "publish",
+    wait_s: float = RECOVERY_WAIT_S,
+) -> Lock:
     """Take ``target``'s lock, taking a stale one over.
+
+    Parameters
+    ----------
+    timeout_s
+        A lock older than this is stale whatever its owner.
+    purpose
+        ``publish``, or ``recover`` for the short hold of another run's :func:`sweep`.
+    wait_s
+        How long to wait for a ``recover`` hold to end before giving up.
 
     Raises
     ------
     LockError
         When a run that may still be running holds it.
     """
-    me = LockOwner.me(str(spark.sparkContext.applicationId))
+    me = LockOwner.me(str(spark.sparkContext.applicationId), purpose)
     text = json.dumps(asdict(me), sort_keys=True)
-    for _ in range(3):
+    deadline = time.time() + wait_s
+    breaks = 0
+    while True:
         if io.create_exclusive(spark, target.lock, text):
             _HELD.add(me.token)
             log.info("lock %s taken", target.lock)
@@ -252,11 +275,17 @@ def acquire(spark, target: Target, *, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S)
         age = time.time() - (owner.started_at if owner else modified)
         reason = _stale_reason(owner, age, timeout_s)
         if reason is None:
+            if owner is not None and owner.purpose == "recover" and time.time() < deadline:
+                time.sleep(0.2)  # another run is cleaning up after a crash: a moment
+                continue
             who = owner.describe() if owner else "owner not written yet"
             raise LockError(
                 f"{target.final} is being published by another run (lock {target.lock}: "
                 f"{who}); wait for it to end, or delete the lock if that run is gone"
             )
+        if breaks == 3:
+            raise LockError(f"could not take the lock {target.lock}: other runs keep taking it")
+        breaks += 1
         log.warning(
             "taking over the stale lock %s (%s): %s",
             target.lock,
@@ -264,7 +293,6 @@ def acquire(spark, target: Target, *, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S)
             reason,
         )
         _break(spark, target.lock, seen)
-    raise LockError(f"could not take the lock {target.lock}: other runs keep taking it")
 
 
 def _break(spark, path: str, seen: str) -> None:
@@ -342,7 +370,7 @@ def sweep(spark, target: Target, *, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -
     for name in _others(spark, target):
         other = Target(target.parent, name)
         try:
-            lock = acquire(spark, other, timeout_s=timeout_s)
+            lock = acquire(spark, other, timeout_s=timeout_s, purpose="recover", wait_s=0.0)
         except LockError:
             log.info("leaving %s alone: another run is publishing it", other.final)
             continue

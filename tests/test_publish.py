@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -241,8 +242,12 @@ def test_second_run_of_a_date_exits_4_naming_the_lock_while_the_first_holds_it(
         input={"path": str(ratings)},
         output={"root": str(root), "run_date": "2026-01-02"},
     )
+    sc = spark.sparkContext
     with Publication(spark, str(root / DATE)) as first:
+        sc.setJobGroup("second-run", "the refused run")
         code = cli.run(lambda: run_nightly(spark, cfg))
+        sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        assert list(sc.statusTracker().getJobIdsForGroup("second-run")) == []  # no work done
         write_run(first.staging, 1)
         first.commit()
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -270,6 +275,24 @@ def test_a_lock_of_a_live_process_is_refused_and_of_a_dead_one_taken_over(spark,
     assert_no_debris(root, [DATE])
 
 
+def test_a_run_waits_for_another_runs_short_recovery_hold(spark, tmp_path):
+    """Another run's start holds a target's lock briefly to clean up after a crash: a run
+    of that target then waits instead of exiting 4."""
+    root = tmp_path / "out"
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        lock = write_lock(root, pid=sleeper.pid, purpose="recover")
+        threading.Timer(1.0, lock.unlink).start()
+        started = time.perf_counter()
+        publish_run(spark, root, 1)
+        assert time.perf_counter() - started >= 1.0
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert published_version(root / DATE) == 1
+    assert_no_debris(root, [DATE])
+
+
 def test_a_lock_from_another_host_is_taken_over_only_after_the_timeout(spark, tmp_path):
     root = tmp_path / "out"
     write_lock(root, host="elsewhere", started_at=time.time() - 7200)
@@ -283,6 +306,7 @@ def test_a_lock_from_another_host_is_taken_over_only_after_the_timeout(spark, tm
     assert_no_debris(root, [DATE])
 
 
+@pytest.mark.slow
 def test_a_killed_process_mid_swap_is_recovered_by_the_next_run(spark, tmp_path):
     """A real kill (``os._exit`` in another process) between the two renames."""
     root = tmp_path / "out"
