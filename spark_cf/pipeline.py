@@ -207,8 +207,8 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
 def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    date = run_date(cfg)
     final, staged = pub.path, pub.staging
+    date = final.rsplit("run_date=", 1)[1]  # the date of the lock, even past midnight
     cfg = resolve_warm_start(spark, cfg)
     ingested, data = ingest_and_prepare(spark, cfg, timings)
     final_data = data

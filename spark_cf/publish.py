@@ -64,6 +64,9 @@ DEFAULT_LOCK_TIMEOUT_S = 24 * 3600.0
 #: How long a run waits for another run's short recovery of its target before refusing.
 RECOVERY_WAIT_S = 60.0
 
+#: A lock file still empty or unreadable after this many seconds lost its writer.
+UNREADABLE_GRACE_S = 60.0
+
 #: The points of a publication where :data:`fault_hook` is called, in order.
 STEPS = ("locked", "recovered", "staged", "aside", "swapped", "cleaned")
 
@@ -203,8 +206,8 @@ def _stale_reason(owner: LockOwner | None, age_s: float, timeout_s: float) -> st
     """Why a lock may be taken over, or None when its owner may still be running."""
     if age_s > timeout_s:
         return f"older than the timeout of {timeout_s / 3600:g} h"
-    if owner is None:
-        return None  # being written just now, or unreadable: wait for the timeout
+    if owner is None:  # being written just now, or its writer died between create and write
+        return f"unreadable for {age_s:.0f} s" if age_s > UNREADABLE_GRACE_S else None
     if owner.alive() is False:
         return f"its process {owner.pid} on {owner.host} is gone"
     return None

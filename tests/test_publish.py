@@ -293,6 +293,19 @@ def test_a_run_waits_for_another_runs_short_recovery_hold(spark, tmp_path):
     assert_no_debris(root, [DATE])
 
 
+def test_an_empty_lock_is_taken_over_once_a_minute_old(spark, tmp_path):
+    """A run killed between creating its lock and writing its owner leaves it empty."""
+    root = tmp_path / "out"
+    lock = write_lock(root)
+    lock.write_text("")
+    with pytest.raises(LockError, match="owner not written yet"):
+        publish_run(spark, root, 1)
+    os.utime(lock, (time.time() - 120, time.time() - 120))
+    publish_run(spark, root, 1)
+    assert published_version(root / DATE) == 1
+    assert_no_debris(root, [DATE])
+
+
 def test_a_lock_from_another_host_is_taken_over_only_after_the_timeout(spark, tmp_path):
     root = tmp_path / "out"
     write_lock(root, host="elsewhere", started_at=time.time() - 7200)
