@@ -17,12 +17,13 @@ leaves it empty.
 The protocol:
 
 1. **lock**: create ``<name>.lock`` exclusively. A lock whose owner is alive makes the run
-   fail with :class:`~spark_cf.errors.LockError`; a stale one (its process gone on this
-   host, or older than the timeout) is taken over with a warning.
+   fail with :class:`~spark_cf.errors.LockError` (after waiting for another run's short
+   ``recover`` hold of step 2 to end); a stale one (its process gone on this host, older
+   than the timeout, or still empty after a minute) is taken over with a warning.
 2. **recover** (under the lock): put ``<name>.aside`` back when ``<name>`` is missing (a
    crash between the two renames of step 4), else delete it; delete leftover staging
    folders. Then the same for every other target of the parent whose lock is free, and for
-   the ``_staging-<name>-<hex>[-old]`` folders of spark-cf before 0.2.
+   the ``_staging-<name>-<hex>[-old]`` folders of the earlier layout (beside the runs).
 3. **write** everything into the staging folder.
 4. **commit**: rename ``<name>`` to ``<name>.aside``, the staging folder to ``<name>``
    (never onto an existing path), delete ``<name>.aside``.
@@ -318,11 +319,12 @@ def _break(spark, path: str, seen: str) -> None:
 # ---------------------------------------------------------------------------- recovery
 
 
-def recover(spark, target: Target, *, keep: str = "") -> None:
+def recover(spark, target: Target) -> None:
     """Repair what a crashed publication of ``target`` left (call it under its lock).
 
     Puts ``<name>.aside`` back when ``<name>`` is missing, else deletes it; deletes the
-    staging folders but ``keep``, broken locks, and the same leftovers of spark-cf < 0.2.
+    staging folders, broken locks (a minute old: a younger one may be another run's lock
+    on its way back, see :func:`_break`), and the same leftovers of the earlier layout.
     """
     final_exists = io.exists(spark, target.final)
     asides = [target.aside] if io.exists(spark, target.aside) else []
@@ -346,13 +348,16 @@ def recover(spark, target: Target, *, keep: str = "") -> None:
     ]
     debris += [f"{target.parent}/{n}" for n in _legacy(spark, target, old=False)]
     for path in debris:
-        if path != keep:
-            log.info("removing %s, left by a crashed run", path)
-            io.delete(spark, path)
+        if ".lock.stale-" in path:
+            modified = io.modification_time(spark, path)
+            if modified is not None and time.time() - modified < UNREADABLE_GRACE_S:
+                continue
+        log.info("removing %s, left by a crashed run", path)
+        io.delete(spark, path)
 
 
 def _legacy(spark, target: Target, *, old: bool) -> list[str]:
-    """The ``_staging-<name>-<hex>`` (``old``: ``...-old``) folders of spark-cf < 0.2."""
+    """The earlier layout's ``_staging-<name>-<hex>`` (``old``: ``...-old``) folders."""
     return [
         n
         for n in io.list_names(spark, target.parent)
