@@ -328,11 +328,14 @@ def test_a_killed_process_mid_swap_is_recovered_by_the_next_run(spark, tmp_path)
         f"""
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pyspark.sql import SparkSession
         from spark_cf import publish
-        from spark_cf.session import build_session
         from test_publish import write_run
 
-        spark = build_session("local[1]", "kill-test", {{"spark.driver.memory": "512m"}})
+        spark = (
+            SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false")
+            .getOrCreate()
+        )
         publish.fault_hook = lambda step: os._exit(9) if step == "aside" else None
         with publish.Publication(spark, {str(root / DATE)!r}) as pub:
             write_run(pub.staging, 2)
