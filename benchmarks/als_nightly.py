@@ -24,15 +24,15 @@ from spark_cf import cli, io
 from spark_cf.dataset import IS_VAL
 from spark_cf.indexing import ITEM_IDX, USER_IDX
 from spark_cf.pipeline import ingest_and_prepare, run_date, stage
+from spark_cf.publish import Publication
 from spark_cf.session import build_session
 from spark_cf.validation import ITEM, RATING, USER
 
 
-def run(spark, cfg, reg: float) -> str:
+def run(spark, cfg, reg: float, pub: Publication) -> str:
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    final = f"{cfg.output.root.rstrip('/')}/run_date={run_date(cfg)}"
-    staged = io.staging_path(final)
+    final, staged = pub.path, pub.staging
     spark.sparkContext.setCheckpointDir(tempfile.mkdtemp(prefix="als-checkpoints-"))
     ingested, data = ingest_and_prepare(spark, cfg, timings)
     users = data.ratings.select(USER, USER_IDX).distinct()
@@ -90,7 +90,7 @@ def run(spark, cfg, reg: float) -> str:
             spark, f"{staged}/metrics.json", {"rmse": rmse, "reg": reg, "timings_s": timings}
         )
         io.write_text(spark, f"{staged}/_SUCCESS", "")
-        io.replace_atomically(spark, staged, final)
+        pub.commit()
     print(f"published {final}: held-out RMSE {rmse:.4f}")
     return final
 
@@ -101,8 +101,10 @@ def main(argv=None) -> int:
 
     def body(args, cfg) -> int:
         spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
+        final = f"{cfg.output.root.rstrip('/')}/run_date={run_date(cfg)}"
         try:
-            run(spark, cfg, args.als_reg)
+            with Publication(spark, final) as pub:
+                run(spark, cfg, args.als_reg, pub)
         finally:
             spark.stop()
         return cli.EXIT_OK

@@ -9,7 +9,7 @@ Unusable lines are not dropped: they go to ``<output>_rejects`` with a reason.
         --delimiter '\\t' --columns user=uid,item=iid,rating=r,timestamp=ts
 
 Exit codes: 0 done, 2 refused with a one-line reason (missing input, bad options, no usable
-line), 1 crashed.
+line), 4 another run is writing the same --output (the message names its lock), 1 crashed.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@
 
 Publishes <output.root>/run_date=YYYY-MM-DD/ (model/, predictions/, top_n/, quarantine/,
 metrics.json, convergence.png, _SUCCESS) atomically, then prints where the tables are and
-the evaluation table. Exit 0 on success, 2 on bad input or config (one-line reason), 1 on
-a crash; a failed run leaves every published run as it was.
+the evaluation table. Exit 0 on success, 2 on bad input or config (one-line reason), 4
+when another run is publishing the same run_date (the message names its lock and owner),
+1 on a crash; a failed or killed run leaves every published run as it was, and the next
+run recovers what it left under output.root.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 
 Uses [recommend] (top_n, users, exclude_rated, block_size); with exclude_rated the ratings
 at input.path say what each user already rated. Writes (user_id, rank, item_id, score)
-to --output atomically.
+to --output atomically. Exit 0 on success, 2 on bad input or config, 4 when another run is
+writing the same --output (the message names its lock), 1 on a crash.
 """
 
 from __future__ import annotations

@@ -3,16 +3,20 @@
     spark-submit jobs/train.py --config conf/local.toml [--model-out PATH] [--set k=v ...]
 
 Writes user_factors/, item_factors/ and metadata.json to --model-out (default
-<output.root>/model), replacing what was there only once the new model is complete.
+<output.root>/model), replacing what was there only once the new model is complete
+(staged in <parent>/_staging/, see spark_cf.publish). Exit 0 on success, 2 on bad input or
+config (one-line reason), 4 when another run is publishing the same --model-out (its lock
+names the owner), 1 on a crash.
 """
 
 from __future__ import annotations
 
 import sys
 
-from spark_cf import cli, io
+from spark_cf import cli
 from spark_cf.model import fit, save_model
 from spark_cf.pipeline import ingest_and_prepare, software_versions, stage
+from spark_cf.publish import Publication
 from spark_cf.session import build_session
 
 
@@ -23,31 +27,29 @@ def main(argv=None) -> int:
     def body(args, cfg) -> int:
         target = args.model_out or f"{cfg.output.root.rstrip('/')}/model"
         spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
+        timeout_s = cfg.output.lock_timeout_hours * 3600.0
         try:
-            timings: dict[str, float] = {}
-            ingested, data = ingest_and_prepare(spark, cfg, timings)
-            with stage("train", timings):
-                model, result = fit(data, cfg.model, cfg.train)
-            model.metadata = {
-                "config": cfg.to_dict(),
-                "iterations": result.iterations,
-                "final_cost": result.final_cost,
-                "stop_reason": result.stop_reason,
-                "rows": ingested.metrics(),
-                "input_path": cfg.input.path,
-                "input_fingerprint": data.fingerprint,
-                "rating_mean": data.rating_mean,
-                "timings_s": timings,
-                "history": result.history,
-                "software": software_versions(),
-            }
-            staged = io.staging_path(target)
-            try:
-                save_model(spark, model, staged)
-                io.replace_atomically(spark, staged, target)
-            finally:
-                io.delete(spark, staged)
-            ingested.unpersist()
+            with Publication(spark, target, timeout_s=timeout_s) as pub:
+                timings: dict[str, float] = {}
+                ingested, data = ingest_and_prepare(spark, cfg, timings)
+                with stage("train", timings):
+                    model, result = fit(data, cfg.model, cfg.train)
+                model.metadata = {
+                    "config": cfg.to_dict(),
+                    "iterations": result.iterations,
+                    "final_cost": result.final_cost,
+                    "stop_reason": result.stop_reason,
+                    "rows": ingested.metrics(),
+                    "input_path": cfg.input.path,
+                    "input_fingerprint": data.fingerprint,
+                    "rating_mean": data.rating_mean,
+                    "timings_s": timings,
+                    "history": result.history,
+                    "software": software_versions(),
+                }
+                save_model(spark, model, pub.staging)
+                pub.commit()
+                ingested.unpersist()
         finally:
             spark.stop()
         last = result.history[-1]

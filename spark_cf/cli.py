@@ -3,7 +3,8 @@
 A job is ``main(argv=None) -> int``: it parses ``--config FILE`` and repeated ``--set
 section.key=value``, loads and validates the config *before* any Spark work, runs, and
 returns 0; a :class:`~spark_cf.errors.SparkCFError` becomes a one-line reason on stderr
-and exit code 2, anything else exit code 1 with the traceback in the log.
+and exit code 2 (4 for a :class:`~spark_cf.errors.LockError`: another run is publishing
+the same path), anything else exit code 1 with the traceback in the log.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import sys
 from collections.abc import Callable, Sequence
 
 from spark_cf.config import Config, load_config
-from spark_cf.errors import SparkCFError
+from spark_cf.errors import LockError, SparkCFError
 
 log = logging.getLogger("spark_cf")
 
 EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_REFUSED = 2
+#: Another live run is publishing the same path (its lock names the owner): try later.
+EXIT_LOCKED = 4
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -55,6 +58,10 @@ def run(body: Callable[[], int]) -> int:
     """Run a job body, turning failures into an exit code and a one-line reason."""
     try:
         return body()
+    except LockError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
     except SparkCFError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

@@ -110,6 +110,7 @@ class RecommendConfig:
 class OutputConfig:
     root: str = "output"
     run_date: str = ""
+    lock_timeout_hours: float = 24.0
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,12 @@ def _validate(cfg: Config) -> None:
     _check(r.top_n >= 1, "recommend.top_n", "must be >= 1", r.top_n)
     _check(r.block_size >= 1, "recommend.block_size", "must be >= 1", r.block_size)
     _check(bool(cfg.output.root), "output.root", "must not be empty", cfg.output.root)
+    _check(
+        cfg.output.lock_timeout_hours > 0,
+        "output.lock_timeout_hours",
+        "must be > 0",
+        cfg.output.lock_timeout_hours,
+    )
     if cfg.output.run_date:
         import datetime as _dt
 

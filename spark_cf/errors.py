@@ -37,3 +37,11 @@ class CheckpointError(SparkCFError):
 
 class ModelError(SparkCFError):
     """A saved model cannot be read or does not fit what it is used for."""
+
+
+class PublishError(SparkCFError):
+    """A publication cannot go on safely (for example a rename onto an existing path)."""
+
+
+class LockError(SparkCFError):
+    """Another live run holds the lock of the path being published (exit code 4)."""

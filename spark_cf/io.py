@@ -1,9 +1,9 @@
 """All reading and writing of paths: ratings in, tables out, atomic publishing.
 
 Paths go through Hadoop's FileSystem API (through the session's JVM), so the same code
-works on a local disk, HDFS or an object store. A table is written into a hidden staging
-folder next to its destination and renamed into place only once complete, so a reader
-never sees half a table; a failed write leaves the old table as it was.
+works on a local disk, HDFS or an object store. Publishing (staging, the lock, the swap
+into place and recovery after a crash) is :mod:`spark_cf.publish`, built on the
+primitives here.
 """
 
 from __future__ import annotations
@@ -63,11 +63,96 @@ def mkdirs(spark, path: str) -> None:
 
 
 def rename(spark, src: str, dst: str) -> None:
-    """Rename ``src`` to ``dst`` (``dst`` must not exist); raises OSError when refused."""
+    """Rename ``src`` to ``dst``, which must not exist; never moves ``src`` *into* ``dst``.
+
+    Hadoop's ``rename`` onto an existing folder moves the source inside it (HDFS) or copies
+    it there (local disk) and reports success, so the destination is checked first and the
+    result verified after. Only the holder of the target's publication lock renames onto a
+    published path, so the check cannot race another spark-cf writer.
+
+    Raises
+    ------
+    PublishError
+        When ``dst`` exists, ``src`` is missing, or the rename did not leave ``src`` at
+        ``dst`` (and nothing at ``src``).
+    """
+    from spark_cf.errors import PublishError
+
     fs, hsrc = _hadoop(spark, src)
     _, hdst = _hadoop(spark, dst)
-    if not fs.rename(hsrc, hdst):
-        raise OSError(f"could not rename {src} to {dst}")
+    if fs.exists(hdst):
+        raise PublishError(
+            f"refusing to rename {src} onto the existing path {dst} (it would end up "
+            f"inside it); remove {dst} or let the next run recover it"
+        )
+    if not fs.exists(hsrc):
+        raise PublishError(f"cannot rename {src} to {dst}: {src} does not exist")
+    fs.mkdirs(hdst.getParent())
+    nested = _hadoop(spark, f"{dst.rstrip('/')}/{hsrc.getName()}")[1]
+    if not fs.rename(hsrc, hdst) or fs.exists(hsrc) or not fs.exists(hdst) or fs.exists(nested):
+        raise PublishError(f"could not rename {src} to {dst} (check both paths)")
+
+
+def create_exclusive(spark, path: str, text: str) -> bool:
+    """Create the small file ``path`` holding ``text`` unless it exists; whether it did.
+
+    Atomic on a local disk (``O_CREAT | O_EXCL`` on the driver's file system) and on HDFS
+    (``create`` without overwrite is decided by the NameNode); on object stores the check
+    and the create are two requests.
+    """
+    import os
+
+    fs, hpath = _hadoop(spark, path)
+    fs.mkdirs(hpath.getParent())
+    if str(fs.getScheme()) == "file":
+        local = str(fs.makeQualified(hpath).toUri().getPath())
+        try:
+            fd = os.open(local, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return True
+    if fs.exists(hpath):
+        return False
+    try:
+        stream = fs.create(hpath, False)
+    except Exception as exc:  # noqa: BLE001 - Py4JJavaError wrapping FileAlreadyExistsException
+        if "FileAlreadyExists" in str(exc):
+            return False
+        raise
+    try:
+        stream.write(bytearray(text.encode("utf-8")))
+    finally:
+        stream.close()
+    return True
+
+
+def list_names(spark, folder: str) -> list[str]:
+    """The names of the entries of ``folder``, sorted; [] when it does not exist."""
+    fs, hpath = _hadoop(spark, folder)
+    if not fs.exists(hpath):
+        return []
+    return sorted(str(status.getPath().getName()) for status in fs.listStatus(hpath))
+
+
+def modification_time(spark, path: str) -> float | None:
+    """When ``path`` was last modified (seconds since the epoch); None when it is gone."""
+    fs, hpath = _hadoop(spark, path)
+    if not fs.exists(hpath):
+        return None
+    return fs.getFileStatus(hpath).getModificationTime() / 1000.0
+
+
+def delete_if_empty(spark, folder: str) -> bool:
+    """Delete ``folder`` if it exists and is empty; whether it did."""
+    fs, hpath = _hadoop(spark, folder)
+    if not fs.exists(hpath) or len(fs.listStatus(hpath)) > 0:
+        return False
+    try:
+        return bool(fs.delete(hpath, False))
+    except Exception:  # noqa: BLE001 - another writer filled it meanwhile: keep it
+        return False
 
 
 def write_text(spark, path: str, text: str) -> None:
@@ -119,56 +204,25 @@ def read_json(spark, path: str) -> Any:
     return json.loads(read_text(spark, path))
 
 
-def staging_path(path: str) -> str:
-    """A hidden sibling of ``path`` to stage a write in (Spark readers skip ``_``/``.``)."""
-    path = path.rstrip("/")
-    parent, _, name = path.rpartition("/")
-    prefix = f"{parent}/" if parent else ""
-    return f"{prefix}_staging-{name}-{uuid.uuid4().hex[:12]}"
-
-
-def replace_atomically(spark, staged: str, dst: str) -> None:
-    """Move a complete ``staged`` folder to ``dst``, replacing what was there.
-
-    The old ``dst`` is first renamed aside, the new one renamed in, and the old one
-    deleted: at no time is a partial table visible at ``dst``.
-    """
-    old = None
-    if exists(spark, dst):
-        old = staging_path(dst) + "-old"
-        rename(spark, dst, old)
-    try:
-        rename(spark, staged, dst)
-    except Exception:
-        if old is not None:
-            rename(spark, old, dst)
-        raise
-    if old is not None:
-        delete(spark, old)
-
-
-def write_table(df, path: str, *, partitions: int | None = None) -> int | None:
-    """Write ``df`` as Parquet at ``path`` atomically (staged, then renamed into place).
+def write_table(df, path: str, *, partitions: int | None = None) -> None:
+    """Write ``df`` as Parquet at ``path`` atomically (see :mod:`spark_cf.publish`).
 
     Parameters
     ----------
     df
         The DataFrame to write.
     path
-        Destination folder; an existing table there is replaced whole.
+        Destination folder; an existing table there is replaced whole. Two writers of one
+        path at a time are refused (:class:`~spark_cf.errors.LockError`).
     partitions
         Coalesce to this many files first (small tables read better as few files).
     """
-    spark = df.sparkSession
-    staged = staging_path(path)
-    out = df.coalesce(partitions) if partitions else df
-    try:
-        out.write.mode("overwrite").parquet(staged)
-        replace_atomically(spark, staged, path)
-    finally:
-        delete(spark, staged)
+    from spark_cf.publish import Publication
+
+    with Publication(df.sparkSession, path) as pub:
+        write_parquet(df, pub.staging, partitions=partitions)
+        pub.commit()
     log.info("wrote table %s", path)
-    return None
 
 
 def read_parquet(spark, path: str):

@@ -271,13 +271,14 @@ def factor_tables(model: CFModel):
 def save_model(spark, model: CFModel, path: str) -> None:
     """Write ``path/user_factors``, ``path/item_factors`` (Parquet) and ``path/metadata.json``.
 
-    Each table is written atomically; the caller publishes ``path`` as a whole.
+    ``path`` is a staging folder: the caller publishes it as a whole
+    (:class:`spark_cf.publish.Publication`).
     """
     from spark_cf import io
 
     users, items = factor_tables(model)
-    io.write_table(spark.createDataFrame(users), f"{path}/{USER_FACTORS}", partitions=1)
-    io.write_table(spark.createDataFrame(items), f"{path}/{ITEM_FACTORS}", partitions=1)
+    io.write_parquet(spark.createDataFrame(users), f"{path}/{USER_FACTORS}", partitions=1)
+    io.write_parquet(spark.createDataFrame(items), f"{path}/{ITEM_FACTORS}", partitions=1)
     meta = dict(model.metadata)
     meta.update(
         rank=model.rank,

@@ -23,6 +23,7 @@ from spark_cf.evaluation import format_table, ranking_metrics, regression_metric
 from spark_cf.indexing import ITEM_IDX, USER_IDX
 from spark_cf.ingest import IngestResult, ingest
 from spark_cf.model import CFModel, fit, save_model
+from spark_cf.publish import Publication
 from spark_cf.recommend import RANK, predict, top_n
 from spark_cf.validation import ITEM, RATING, USER
 
@@ -191,15 +192,23 @@ def _metrics_table(evaluation: dict[str, dict[str, Any]], k: int) -> str:
 def run_nightly(spark, cfg: Config) -> RunOutcome:
     """Ingest, train, evaluate, predict, recommend, and publish one run (see README).
 
-    Everything is written under a staging folder beside the run's final place and moved
-    there at the end, ``_SUCCESS`` last; a failure at any point leaves the published runs
-    as they were.
+    The run's lock is taken first (:class:`~spark_cf.errors.LockError` when another run
+    publishes the same date), the leftovers of crashed runs under ``output.root`` are
+    recovered, everything is written to a hidden staging folder, ``_SUCCESS`` last, and
+    swapped in at the end (:mod:`spark_cf.publish`); a failure at any point leaves the
+    published runs as they were.
     """
+    final = f"{cfg.output.root.rstrip('/')}/run_date={run_date(cfg)}"
+    timeout_s = cfg.output.lock_timeout_hours * 3600.0
+    with Publication(spark, final, timeout_s=timeout_s) as pub:
+        return _run_nightly(spark, cfg, pub)
+
+
+def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    date = run_date(cfg)
-    final = f"{cfg.output.root.rstrip('/')}/run_date={date}"
-    staged = io.staging_path(final)
+    final, staged = pub.path, pub.staging
+    date = final.rsplit("run_date=", 1)[1]  # the date of the lock, even past midnight
     cfg = resolve_warm_start(spark, cfg)
     ingested, data = ingest_and_prepare(spark, cfg, timings)
     final_data = data
@@ -298,7 +307,7 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
             if png is not None:
                 io.write_bytes(spark, f"{staged}/convergence.png", png)
             io.write_text(spark, f"{staged}/_SUCCESS", "")
-            io.replace_atomically(spark, staged, final)
+            pub.commit()
         log.info(
             "published %s (%s)", final, ", ".join(f"{name} {n} rows" for name, n in counts.items())
         )
@@ -306,7 +315,6 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
             final, metrics, _metrics_table(evaluation, cfg.evaluate.k) if evaluation else ""
         )
     finally:
-        io.delete(spark, staged)
         ingested.unpersist()
         data.ratings.unpersist()
         if final_data is not data:
