@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from spark_cf import cli, io
+from spark_cf import cli, io, preflight
 from spark_cf.model import fit, save_model
 from spark_cf.pipeline import ingest_and_prepare, software_versions, stage
 from spark_cf.session import build_session
@@ -24,6 +24,9 @@ def main(argv=None) -> int:
         target = args.model_out or f"{cfg.output.root.rstrip('/')}/model"
         spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
         try:
+            key = "--model-out" if args.model_out else "output.root"
+            preflight.check_writable(spark, key, preflight.parent(target))
+            preflight.check_training(spark, cfg.model, cfg.train)
             timings: dict[str, float] = {}
             ingested, data = ingest_and_prepare(spark, cfg, timings)
             with stage("train", timings):

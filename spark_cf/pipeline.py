@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pyspark.sql import functions as F
 
-from spark_cf import io
+from spark_cf import io, preflight
 from spark_cf.config import Config, RecommendConfig
 from spark_cf.dataset import IS_VAL, TrainingData, prepare
 from spark_cf.evaluation import format_table, ranking_metrics, regression_metrics
@@ -200,6 +200,7 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
     date = run_date(cfg)
     final = f"{cfg.output.root.rstrip('/')}/run_date={date}"
     staged = io.staging_path(final)
+    preflight.check_nightly(spark, cfg)  # before the ratings are read
     cfg = resolve_warm_start(spark, cfg)
     ingested, data = ingest_and_prepare(spark, cfg, timings)
     final_data = data
