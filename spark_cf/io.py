@@ -182,7 +182,7 @@ def write_table(df, path: str, *, partitions: int | None = None) -> int | None:
 # files are grouped by schema, each group is read on its own and cast to the widened type.
 
 #: Error classes of Spark that mean "this input cannot be read as Parquet".
-_UNREADABLE = ("FAILED_READ_FILE", "CANNOT_READ_FILE_FOOTER")
+_UNREADABLE = ("FAILED_READ_FILE", "CANNOT_READ_FILE_FOOTER", "UNABLE_TO_INFER_SCHEMA")
 #: ... and those that mean "read each footer to find out what differs".
 _NEEDS_INSPECTION = ("CANNOT_MERGE_SCHEMAS", "PARQUET_TYPE_ILLEGAL")
 _INTEGRAL = ("tinyint", "smallint", "int", "bigint")
@@ -324,11 +324,13 @@ def _read_inspected(spark, path: str, files: list[str]):
             inferred = reader.parquet(*group).schema
         df = reader.schema(inferred).parquet(*group)
         for name in nanos:
-            ns = F.col(name)
-            micros = (ns - F.pmod(ns, F.lit(1000))) / F.lit(1000)
-            df = df.withColumn(name, F.timestamp_micros(micros.cast("long")))
-            log.info("%s: column %s holds nanosecond timestamps, read to the microsecond",
-                     group[0], name)
+            quoted = "`" + name.replace("`", "``") + "`"
+            # integer division, floored: a double would lose the nanoseconds' last digits
+            micros = F.expr(f"({quoted} - pmod({quoted}, 1000)) div 1000")
+            df = df.withColumn(name, F.timestamp_micros(micros))
+            log.info(
+                "%s: column %s holds nanosecond timestamps, read to the microsecond", group[0], name
+            )
         frames.append((group, df))
     columns: dict[str, set[str]] = {}
     for _, df in frames:
@@ -351,12 +353,13 @@ def _read_inspected(spark, path: str, files: list[str]):
         if len(types) > 1:
             log.warning(
                 "the files of %s disagree on the width of column %s (%s): read as %s",
-                path, name, ", ".join(sorted(types)), wide,
+                path,
+                name,
+                ", ".join(sorted(types)),
+                wide,
             )
         target[name] = wide
-    cast = [
-        df.select(*[F.col(c).cast(target[c]).alias(c) for c in df.columns]) for _, df in frames
-    ]
+    cast = [df.select(*[F.col(c).cast(target[c]).alias(c) for c in df.columns]) for _, df in frames]
     return reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), cast)
 
 

@@ -15,7 +15,13 @@ import uuid
 
 from spark_cf import io
 from spark_cf.config import Config, ModelConfig, TrainConfig
-from spark_cf.errors import PathError, SchemaError, SparkCFError, spark_error_message
+from spark_cf.errors import (
+    ModelError,
+    PathError,
+    SchemaError,
+    SparkCFError,
+    spark_error_message,
+)
 from spark_cf.validation import ITEM, USER
 
 log = logging.getLogger(__name__)
@@ -77,25 +83,23 @@ def check_model(spark, key: str, path: str, rank: int) -> None:
 
     Raises
     ------
-    PathError
-        A part is missing or the metadata cannot be read.
-    SchemaError
-        The model's rank is not ``rank``.
+    ModelError
+        A part is missing, the metadata cannot be read, or the rank is not ``rank``.
     """
     from spark_cf.model import ITEM_FACTORS, METADATA, USER_FACTORS
 
     for part in (USER_FACTORS, ITEM_FACTORS, METADATA):
         if not io.exists(spark, f"{path}/{part}"):
-            raise PathError(
+            raise ModelError(
                 f"{key} = {path} is not a model: {part} is missing (give the model folder "
                 f"of a published run, e.g. output/run_date=2026-11-24/model)"
             )
     try:
         saved = int(io.read_json(spark, f"{path}/{METADATA}")["rank"])
     except Exception as exc:  # noqa: BLE001 - unreadable JSON, no rank, or an I/O error
-        raise PathError(f"{key} = {path}: cannot read {METADATA} ({exc})") from None
+        raise ModelError(f"{key} = {path}: cannot read {METADATA} ({exc})") from None
     if saved != rank:
-        raise SchemaError(
+        raise ModelError(
             f"{key}: the model at {path} has rank {saved} but model.rank = {rank}: set "
             f"model.rank = {saved} or {key} = ''"
         )

@@ -12,6 +12,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
+from spark_cf import io
 from spark_cf.config import InputConfig
 from spark_cf.dataset import IS_VAL, prepare, tag_holdout
 from spark_cf.errors import InputError, SchemaError
@@ -381,7 +382,9 @@ def test_files_differing_only_in_width_are_widened_and_logged(spark, tmp_path, c
 def test_int_and_string_ids_across_files_are_refused_naming_the_files(spark, tmp_path):
     folder = tmp_path / "ratings"
     folder.mkdir()
-    pq.write_table(pa.table({"user_id": [1], "item_id": [1], "rating": [1.0]}), folder / "a.parquet")
+    pq.write_table(
+        pa.table({"user_id": [1], "item_id": [1], "rating": [1.0]}), folder / "a.parquet"
+    )
     pq.write_table(
         pa.table({"user_id": ["u2"], "item_id": [2], "rating": [2.0]}), folder / "b.parquet"
     )
@@ -410,3 +413,6 @@ def test_pandas_nanosecond_timestamps_are_read(spark, tmp_path):
     seconds = when.asi8 // 10**9  # floor division: 1969-12-31 23:59:59.5 is second -1
     assert got == [(1, 1, 2.0, int(seconds[0])), (2, 1, 4.0, int(seconds[2]))]
     assert int(seconds[1]) == -1
+    # the column itself is read to the microsecond
+    micros = io.read_parquet(spark, str(path)).select(F.unix_micros("ts").alias("us")).collect()
+    assert [r.us for r in micros] == (when.asi8 // 1000).tolist()

@@ -12,7 +12,7 @@ import pytest
 
 from spark_cf import preflight
 from spark_cf.config import MAX_BLOCKS, MAX_BLOCKS_PER_SIDE, config_from_dict, load_config
-from spark_cf.errors import ConfigError, InputError, PathError, SchemaError
+from spark_cf.errors import ConfigError, InputError, ModelError, PathError, SchemaError
 from spark_cf.pipeline import run_nightly
 
 RATINGS = pa.table(
@@ -46,7 +46,9 @@ def test_block_grids_beyond_the_bounds_are_refused_at_load_naming_the_key():
         load_config(None, [f"train.num_item_blocks={MAX_BLOCKS_PER_SIDE + 1}"])
     with pytest.raises(ConfigError, match="train.num_user_blocks x train.num_item_blocks"):
         load_config(None, ["train.num_user_blocks=1000", "train.num_item_blocks=101"])
-    ok = load_config(None, ["train.num_user_blocks=1000", f"train.num_item_blocks={MAX_BLOCKS // 1000}"])
+    ok = load_config(
+        None, ["train.num_user_blocks=1000", f"train.num_item_blocks={MAX_BLOCKS // 1000}"]
+    )
     assert (ok.train.num_user_blocks, ok.train.num_item_blocks) == (1000, 100)
 
 
@@ -105,18 +107,22 @@ def test_nightly_refuses_bad_warm_start_and_pairs_before_reading_the_ratings(spa
     ratings = str(tmp_path / "missing.parquet")  # would fail at ingest
     (tmp_path / "notamodel").mkdir()
     cfg = nightly_config(tmp_path, ratings, train={"warm_start": str(tmp_path / "notamodel")})
-    with pytest.raises(PathError, match=r"train.warm_start = \S*notamodel is not a model"):
+    with pytest.raises(ModelError, match=r"train.warm_start = \S*notamodel is not a model"):
         run_nightly(spark, cfg)
     cfg = nightly_config(tmp_path, ratings, predict={"pairs": str(tmp_path / "nopairs")})
     with pytest.raises(InputError, match=r"predict.pairs: input path \S*nopairs does not exist"):
         run_nightly(spark, cfg)
     pq.write_table(pa.table({"user": [1], "item_id": [2]}), tmp_path / "pairs.parquet")
     cfg = nightly_config(tmp_path, ratings, predict={"pairs": str(tmp_path / "pairs.parquet")})
-    with pytest.raises(SchemaError, match=r"predict.pairs = \S*pairs.parquet has no column 'user_id'"):
+    with pytest.raises(
+        SchemaError, match=r"predict.pairs = \S*pairs.parquet has no column 'user_id'"
+    ):
         run_nightly(spark, cfg)
     ck = tmp_path / "ckfile"
     ck.write_text("x")
-    cfg = nightly_config(tmp_path, ratings, train={"checkpoint_dir": str(ck), "checkpoint_every": 1})
+    cfg = nightly_config(
+        tmp_path, ratings, train={"checkpoint_dir": str(ck), "checkpoint_every": 1}
+    )
     with pytest.raises(PathError, match=f"train.checkpoint_dir = {ck}"):
         run_nightly(spark, cfg)
 
@@ -127,8 +133,10 @@ def test_a_warm_start_model_of_another_rank_is_refused_before_the_ratings(spark,
     for part in ("user_factors", "item_factors"):
         (model / part).mkdir(parents=True)
     (model / "metadata.json").write_text('{"rank": 7}')
-    cfg = nightly_config(tmp_path, str(tmp_path / "missing.parquet"), train={"warm_start": str(model)})
-    with pytest.raises(SchemaError, match="has rank 7 but model.rank = 2"):
+    cfg = nightly_config(
+        tmp_path, str(tmp_path / "missing.parquet"), train={"warm_start": str(model)}
+    )
+    with pytest.raises(ModelError, match="has rank 7 but model.rank = 2"):
         run_nightly(spark, cfg)
 
 
@@ -152,5 +160,7 @@ def test_fit_warns_when_the_rank_exceeds_the_items_it_indexed(spark, caplog):
     finally:
         data.ratings.unpersist()
     messages = [r.getMessage() for r in caplog.records]
-    assert any("model.rank = 4 exceeds the number of users and items (3 users, 3 items)" in m
-               for m in messages), messages
+    assert any(
+        "model.rank = 4 exceeds the number of users and items (3 users, 3 items)" in m
+        for m in messages
+    ), messages
