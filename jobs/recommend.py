@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     def body(args, cfg) -> int:
         spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
         try:
-            preflight.check_writable(spark, "--output", preflight.parent(args.output))
+            preflight.check_parent_writable(spark, "--output", args.output)
             model = load_model(spark, args.model)
             rated = None
             if cfg.recommend.exclude_rated:

@@ -25,7 +25,7 @@ def main(argv=None) -> int:
         spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
         try:
             key = "--model-out" if args.model_out else "output.root"
-            preflight.check_writable(spark, key, preflight.parent(target))
+            preflight.check_parent_writable(spark, key, target)
             preflight.check_training(spark, cfg.model, cfg.train)
             timings: dict[str, float] = {}
             ingested, data = ingest_and_prepare(spark, cfg, timings)

@@ -35,33 +35,48 @@ def parent(path: str) -> str:
     return head or ("/" if path.startswith("/") else ".")
 
 
+def _probe(spark, path: str) -> str:
+    """Why the folder ``path`` cannot be written ("" when it can): created if needed
+    through Hadoop's FileSystem, then a hidden probe file created and deleted in it."""
+    probe = f"{path.rstrip('/')}/{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
+    try:
+        fs, hpath = io._hadoop(spark, path)
+        if fs.exists(hpath) and not fs.getFileStatus(hpath).isDirectory():
+            return "is a file, not a folder"
+        if not fs.mkdirs(hpath):
+            return "cannot be created"
+        io.write_text(spark, probe, "")
+        io.delete(spark, probe)
+    except Exception as exc:  # noqa: BLE001 - Py4J raises the Java exception as is
+        log.debug("probe of %s failed", path, exc_info=True)
+        return f"is not writable ({spark_error_message(exc)})"
+    return ""
+
+
 def check_writable(spark, key: str, path: str) -> None:
-    """Create ``path`` (a folder, through Hadoop's FileSystem) if needed, then create and
-    delete a hidden probe file in it.
+    """The folder ``path`` (created if needed) can be written.
 
     Raises
     ------
     PathError
         When ``path`` is a file, lies under a file, or cannot be written.
     """
-    probe = f"{path.rstrip('/')}/{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
-    try:
-        fs, hpath = io._hadoop(spark, path)
-        if fs.exists(hpath) and not fs.getFileStatus(hpath).isDirectory():
-            raise PathError(f"{key} = {path} is a file, not a folder: point {key} at a folder")
-        if not fs.mkdirs(hpath):
-            raise PathError(f"{key} = {path}: cannot create the folder")
-        io.write_text(spark, probe, "")
-        io.delete(spark, probe)
-    except SparkCFError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Py4J raises the Java exception as is
-        log.debug("probe of %s failed", path, exc_info=True)
-        raise PathError(
-            f"{key} = {path} is not writable ({spark_error_message(exc)}): fix the "
-            f"permissions or point {key} elsewhere"
-        ) from None
+    reason = _probe(spark, path)
+    if reason:
+        raise PathError(f"{key} = {path} {reason}: fix it or point {key} elsewhere")
     log.info("pre-flight: %s = %s is writable", key, path)
+
+
+def check_parent_writable(spark, key: str, path: str) -> None:
+    """The folder that will hold ``path`` (a table or model written beside its staging
+    copy) can be written; the error names ``path`` and that folder."""
+    folder = parent(path)
+    reason = _probe(spark, folder)
+    if reason:
+        raise PathError(
+            f"{key} = {path}: its folder {folder} {reason}: fix it or point {key} elsewhere"
+        )
+    log.info("pre-flight: the folder of %s = %s is writable", key, path)
 
 
 def check_local_writable(key: str, path: str) -> None:

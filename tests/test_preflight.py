@@ -86,6 +86,12 @@ def test_output_root_under_a_file_or_read_only_is_refused_and_the_probe_leaves_n
         preflight.check_writable(spark, "output.root", "/proc/spark-cf-out")
     preflight.check_writable(spark, "output.root", str(tmp_path / "new" / "out"))
     assert list((tmp_path / "new" / "out").iterdir()) == []
+    # a job's output table: the folder that holds it (and its staging copy) is probed
+    recs = tmp_path / "file" / "recs"
+    with pytest.raises(PathError, match=f"--output = {recs}: its folder {tmp_path / 'file'} is a"):
+        preflight.check_parent_writable(spark, "--output", str(recs))
+    preflight.check_parent_writable(spark, "--output", str(tmp_path / "new" / "recs"))
+    assert not (tmp_path / "new" / "recs").exists()
 
 
 @pytest.mark.spark
