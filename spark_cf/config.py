@@ -31,9 +31,9 @@ DUPLICATE_POLICIES = ("latest", "mean", "error")
 SPLITS = ("random", "time")
 UNKNOWN_ITEM_POLICIES = ("nan", "drop", "global_mean")
 #: Bounds of the block grid. Block setup builds the bounds of every range on the driver,
-#: and every evaluation of J runs one task per user block and sums one partial result
-#: per block there: 1e8 blocks hang the setup, and far fewer than 100,000 already make
-#: an iteration slower than one block would (the automatic grid uses at most 16).
+#: and every evaluation of J sums one partial result per block there: 1e8 user blocks
+#: hung the setup with a 1 GB driver. The automatic grid uses at most 16 blocks, so these
+#: bounds refuse only grids no data set needs, at load instead of hours later.
 MAX_BLOCKS_PER_SIDE = 65_536
 MAX_BLOCKS = 100_000
 
