@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from spark_cf import cli, io
+from spark_cf import cli, io, preflight
 from spark_cf.indexing import ITEM_IDX, USER_IDX, apply_index
 from spark_cf.ingest import ingest
 from spark_cf.model import load_model
@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     def body(args, cfg) -> int:
         spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
         try:
+            preflight.check_parent_writable(spark, "--output", args.output)
             model = load_model(spark, args.model)
             rated = None
             if cfg.recommend.exclude_rated:

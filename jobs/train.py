@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from spark_cf import cli
+from spark_cf import cli, preflight
 from spark_cf.model import fit, save_model
 from spark_cf.pipeline import ingest_and_prepare, software_versions, stage
 from spark_cf.publish import Publication
@@ -29,6 +29,9 @@ def main(argv=None) -> int:
         spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
         timeout_s = cfg.output.lock_timeout_hours * 3600.0
         try:
+            key = "--model-out" if args.model_out else "output.root"
+            preflight.check_parent_writable(spark, key, target)
+            preflight.check_training(spark, cfg.model, cfg.train)
             with Publication(spark, target, timeout_s=timeout_s) as pub:
                 timings: dict[str, float] = {}
                 ingested, data = ingest_and_prepare(spark, cfg, timings)

@@ -4,7 +4,10 @@ A job is ``main(argv=None) -> int``: it parses ``--config FILE`` and repeated ``
 section.key=value``, loads and validates the config *before* any Spark work, runs, and
 returns 0; a :class:`~spark_cf.errors.SparkCFError` becomes a one-line reason on stderr
 and exit code 2 (4 for a :class:`~spark_cf.errors.LockError`: another run is publishing
-the same path), anything else exit code 1 with the traceback in the log.
+the same path), anything else exit code 1 with the traceback in the log. An error from
+Spark's JVM becomes one line with Spark's error class and message (the Java trace goes
+to the log): exit 2 when its class says the input is bad
+(:data:`~spark_cf.errors.BAD_INPUT_CLASSES`: an unreadable or corrupt file...), else 1.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from spark_cf.config import Config, load_config
-from spark_cf.errors import LockError, SparkCFError
+from spark_cf.errors import (
+    BAD_INPUT_CLASSES,
+    LockError,
+    SparkCFError,
+    spark_error_class,
+    spark_error_message,
+)
 
 log = logging.getLogger("spark_cf")
 
@@ -67,10 +76,22 @@ def run(body: Callable[[], int]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except Exception as exc:  # noqa: BLE001 - the job must end with a reason, not a trace only
-        log.exception("job failed")
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"error: {type(exc).__name__}: {first}", file=sys.stderr)
-        return EXIT_CRASH
+        return _failed(exc)
+
+
+def _failed(exc: Exception) -> int:
+    """The exit code and one-line reason of an unexpected exception; the trace to the log."""
+    error_class = spark_error_class(exc)
+    if error_class or getattr(exc, "java_exception", None) is not None:
+        bad_input = error_class.split(".")[0] in BAD_INPUT_CLASSES
+        log.error("Spark error %s", error_class or "(no class)", exc_info=True)
+        label = f"[{error_class}]" if error_class else "(no error class)"
+        print(f"error: Spark error {label}: {spark_error_message(exc)}", file=sys.stderr)
+        return EXIT_REFUSED if bad_input else EXIT_CRASH
+    log.exception("job failed")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    print(f"error: {type(exc).__name__}: {first}", file=sys.stderr)
+    return EXIT_CRASH
 
 
 def parse_config(args: argparse.Namespace) -> Config:

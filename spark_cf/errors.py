@@ -6,6 +6,8 @@ only the message (one line) when it fails.
 
 from __future__ import annotations
 
+import re
+
 
 class SparkCFError(Exception):
     """Base class of every error spark-cf raises on purpose."""
@@ -45,3 +47,77 @@ class PublishError(SparkCFError):
 
 class LockError(SparkCFError):
     """Another live run holds the lock of the path being published (exit code 4)."""
+
+
+class PathError(SparkCFError):
+    """A path the run will write or read later is unusable (names the key and the path)."""
+
+
+#: Spark's error classes (their first part) that mean the input is bad, not the program:
+#: jobs exit 2 on them, like on a :class:`SparkCFError`.
+BAD_INPUT_CLASSES = frozenset(
+    {
+        "FAILED_READ_FILE",
+        "CANNOT_READ_FILE_FOOTER",
+        "CANNOT_MERGE_SCHEMAS",
+        "PARQUET_TYPE_ILLEGAL",
+        "UNABLE_TO_INFER_SCHEMA",
+        "PATH_NOT_FOUND",
+    }
+)
+
+
+def spark_error_class(exc: BaseException) -> str:
+    """Spark's error class of ``exc`` (e.g. ``FAILED_READ_FILE.NO_HINT``), or ""."""
+    getter = getattr(exc, "getCondition", None)
+    if getter is not None:
+        try:
+            return getter() or ""
+        except Exception:  # noqa: BLE001 - a Python-side PySparkException has none
+            return ""
+    java = getattr(exc, "java_exception", None)
+    try:
+        while java is not None:
+            try:
+                condition = java.getCondition()
+                if condition:
+                    return str(condition)
+            except Exception:  # noqa: BLE001 - not a SparkThrowable: look at its cause
+                pass
+            java = java.getCause()
+    except Exception:  # noqa: BLE001 - the JVM is gone: read the class from the text
+        match = re.search(r"\[([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)\]", _text(exc))
+        return match.group(1) if match else ""
+    return ""
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - Py4J's str() asks the JVM, which may be gone
+        return repr(getattr(exc, "errmsg", "")) or type(exc).__name__
+
+
+def spark_error_message(exc: BaseException) -> str:
+    """Spark's reason for ``exc`` on one line: the first line of its message without the
+    ``[CLASS]`` prefix and ``SQLSTATE``, and the innermost Java cause when there is one."""
+    java = getattr(exc, "java_exception", None)
+    text, cause = _text(exc), ""
+    try:
+        if java is not None:
+            message = java.getMessage()
+            text = str(message) if message is not None else str(java.getClass().getName())
+            root = java
+            while root.getCause() is not None:
+                root = root.getCause()
+            if not root.equals(java) and root.getMessage():
+                cause = str(root.getMessage()).strip().splitlines()[0]
+    except Exception:  # noqa: BLE001 - the JVM is gone: keep what Python has
+        pass
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    first = re.sub(r"^\[[A-Z0-9_.]+\]\s*", "", first)
+    first = re.sub(r"\s*SQLSTATE: \w+\s*$", "", first)
+    if cause and cause not in first:
+        first = f"{first} ({cause})"
+    return first

@@ -75,7 +75,8 @@ def validate_ratings(df: DataFrame, cfg: InputConfig) -> IngestResult:
     check_schema(df, **cols)
     tagged = tag_reasons(df, rating_min=cfg.rating_min, rating_max=cfg.rating_max, **cols)
     tagged = tagged.persist(StorageLevel.MEMORY_AND_DISK)
-    counts = {row[REASON]: row["count"] for row in tagged.groupBy(REASON).count().collect()}
+    with io.reading(cfg.path or "the ratings"):  # the first pass: a corrupt page shows here
+        counts = {row[REASON]: row["count"] for row in tagged.groupBy(REASON).count().collect()}
     rows_read = sum(counts.values())
     valid_rows = counts.pop(None, 0)
     for reason, n in sorted(counts.items()):

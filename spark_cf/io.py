@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from contextlib import contextmanager
 from typing import Any
+
+from spark_cf.errors import spark_error_class, spark_error_message
 
 log = logging.getLogger(__name__)
 
@@ -225,13 +228,226 @@ def write_table(df, path: str, *, partitions: int | None = None) -> None:
     log.info("wrote table %s", path)
 
 
+# --------------------------------------------------------------------------- reading Parquet
+# Spark reads every file's footer up front (``mergeSchema``, one parallel job), so a file
+# that is not Parquet, is truncated, or disagrees with the others is found before the
+# expensive work. The odd cases (files whose types differ only in width, pandas'
+# nanosecond timestamps) take a slower path: each file's footer is read on the driver,
+# files are grouped by schema, each group is read on its own and cast to the widened type.
+
+#: Error classes of Spark that mean "this input cannot be read as Parquet".
+_UNREADABLE = ("FAILED_READ_FILE", "CANNOT_READ_FILE_FOOTER", "UNABLE_TO_INFER_SCHEMA")
+#: ... and those that mean "read each footer to find out what differs".
+_NEEDS_INSPECTION = ("CANNOT_MERGE_SCHEMAS", "PARQUET_TYPE_ILLEGAL")
+_INTEGRAL = ("tinyint", "smallint", "int", "bigint")
+_NUMERIC = (*_INTEGRAL, "float", "double")
+
+
+def _is_input_error(exc: BaseException, conditions: tuple[str, ...]) -> bool:
+    return spark_error_class(exc).split(".")[0] in conditions
+
+
+@contextmanager
+def reading(path: str):
+    """Turn Spark's failures to read the files of ``path`` into an :class:`InputError`
+    naming the path and Spark's reason (a corrupt page is found only when read)."""
+    from spark_cf.errors import InputError
+
+    try:
+        yield
+    except Exception as exc:
+        if not _is_input_error(exc, _UNREADABLE):
+            raise
+        log.debug("reading %s failed", path, exc_info=True)
+        raise InputError(
+            f"cannot read the Parquet input {path}: {spark_error_message(exc)} "
+            f"[{spark_error_class(exc)}]: rewrite or remove the bad file"
+        ) from None
+
+
+def parquet_files(spark, path: str) -> list[str]:
+    """The data files of ``path`` (a file, a folder read recursively, or a glob), sorted;
+    names starting with ``_`` or ``.`` are skipped, as Spark does."""
+    fs, hpath = _hadoop(spark, path)
+    roots = fs.globStatus(hpath) if has_glob(path) else [fs.getFileStatus(hpath)]
+    files = []
+    for status in roots or []:
+        if status.isFile():
+            files.append(str(status.getPath().toString()))
+            continue
+        it = fs.listFiles(status.getPath(), True)
+        while it.hasNext():
+            p = it.next().getPath()
+            relative = str(p.toString())[len(str(status.getPath().toString())) :]
+            if not any(part[:1] in ("_", ".") for part in relative.split("/") if part):
+                files.append(str(p.toString()))
+    return sorted(files)
+
+
+def parquet_footer_types(spark, file: str) -> dict[str, str]:
+    """Column name to its Parquet type as the footer says (``INT64``, ``INT32 (INTEGER(
+    32,true))``, ``INT64 (TIMESTAMP(NANOS,false))``...); nested columns by their name."""
+    from spark_cf.errors import InputError
+
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    try:
+        reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(
+            jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromPath(
+                jvm.org.apache.hadoop.fs.Path(file), conf
+            )
+        )
+    except Exception as exc:  # noqa: BLE001 - Py4J gives the Java exception
+        log.debug("footer of %s", file, exc_info=True)
+        raise InputError(
+            f"cannot read the Parquet footer of {file}: {spark_error_message(exc)}; "
+            f"it is not Parquet or is truncated"
+        ) from None
+    try:
+        schema = reader.getFooter().getFileMetaData().getSchema()
+    finally:
+        reader.close()
+    types = {}
+    for fld in schema.getFields():
+        if not fld.isPrimitive():
+            types[str(fld.getName())] = "GROUP"
+            continue
+        name = str(fld.asPrimitiveType().getPrimitiveTypeName().name())
+        logical = fld.getLogicalTypeAnnotation()
+        types[str(fld.getName())] = f"{name} ({logical.toString()})" if logical else name
+    return types
+
+
+def _is_nanos(parquet_type: str) -> bool:
+    return "TIMESTAMP(NANOS" in parquet_type
+
+
+def widened_type(types: set[str]) -> str | None:
+    """The one Spark type that holds every type of ``types`` without loss of meaning:
+    integers of any width -> bigint, integers and floating point -> double; None when
+    they cannot be reconciled (numbers and strings, for example)."""
+    if len(types) == 1:
+        return next(iter(types))
+    if types <= set(_INTEGRAL):
+        return "bigint"
+    if types <= set(_NUMERIC):
+        return "double"
+    return None
+
+
+@contextmanager
+def _nanos_as_long(spark, on: bool):
+    """While inferring a schema: nanosecond timestamps as longs (Spark refuses them
+    otherwise); reading with the inferred schema then needs no setting."""
+    key = "spark.sql.legacy.parquet.nanosAsLong"
+    if not on:
+        yield
+        return
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, "true")
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
+
+
+def _read_inspected(spark, path: str, files: list[str]):
+    """Read files whose schemas differ in width, or hold nanosecond timestamps: one read
+    per distinct schema, each cast to the widened types, then one union."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    from spark_cf.errors import SchemaError
+
+    footers = {file: parquet_footer_types(spark, file) for file in files}
+    groups: dict[tuple, list[str]] = {}
+    for file, types in footers.items():
+        groups.setdefault(tuple(sorted(types.items())), []).append(file)
+    # a folder is the base of its partition columns (day=...), as when Spark reads it whole
+    fs, hpath = _hadoop(spark, path)
+    folder = not has_glob(path) and fs.getFileStatus(hpath).isDirectory()
+    frames = []
+    for key, group in groups.items():
+        nanos = [name for name, ptype in key if _is_nanos(ptype)]
+        reader = spark.read.option("basePath", path) if folder else spark.read
+        with _nanos_as_long(spark, bool(nanos)):
+            inferred = reader.parquet(*group).schema
+        df = reader.schema(inferred).parquet(*group)
+        for name in nanos:
+            quoted = "`" + name.replace("`", "``") + "`"
+            # integer division, floored: a double would lose the nanoseconds' last digits
+            micros = F.expr(f"({quoted} - pmod({quoted}, 1000)) div 1000")
+            df = df.withColumn(name, F.timestamp_micros(micros))
+            log.info(
+                "%s: column %s holds nanosecond timestamps, read to the microsecond", group[0], name
+            )
+        frames.append((group, df))
+    columns: dict[str, set[str]] = {}
+    for _, df in frames:
+        for f in df.schema.fields:
+            columns.setdefault(f.name, set()).add(f.dataType.simpleString())
+    target = {}
+    for name, types in columns.items():
+        wide = widened_type(types)
+        if wide is None:
+            seen = "; ".join(
+                f"{df.schema[name].dataType.simpleString()} in {group[0]}"
+                + (f" (+{len(group) - 1} more)" if len(group) > 1 else "")
+                for group, df in frames
+                if name in df.columns
+            )
+            raise SchemaError(
+                f"the files of {path} disagree on the type of column {name!r}: {seen}; "
+                f"rewrite them with one type"
+            )
+        if len(types) > 1:
+            log.warning(
+                "the files of %s disagree on the width of column %s (%s): read as %s",
+                path,
+                name,
+                ", ".join(sorted(types)),
+                wide,
+            )
+        target[name] = wide
+    cast = [df.select(*[F.col(c).cast(target[c]).alias(c) for c in df.columns]) for _, df in frames]
+    return reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), cast)
+
+
 def read_parquet(spark, path: str):
-    """Read Parquet from a file, a folder, a partitioned dataset or a glob."""
+    """Read Parquet from a file, a folder, a partitioned dataset or a glob.
+
+    Every file's footer is read first (one parallel job), so unreadable files, an empty
+    folder and files that disagree on a column's type are refused here, naming the path;
+    columns whose types differ only in width are widened (logged), and nanosecond
+    timestamps (pandas' default) are read to the microsecond.
+
+    Raises
+    ------
+    InputError
+        The path does not exist, holds no Parquet files, or a file cannot be read.
+    SchemaError
+        The files disagree on a column's type beyond width (integers and strings).
+    """
     from spark_cf.errors import InputError
 
     if not matches_any(spark, path):
         raise InputError(f"input path {path} does not exist (or the glob matches nothing)")
-    return spark.read.parquet(path)
+    files = parquet_files(spark, path)
+    if not files:
+        raise InputError(f"no Parquet files in {path} (only empty folders or hidden files)")
+    try:
+        with reading(path):
+            return spark.read.option("mergeSchema", "true").parquet(path)
+    except Exception as exc:
+        if not _is_input_error(exc, _NEEDS_INSPECTION):
+            raise
+        log.info("%s: %s; reading each file's footer", path, spark_error_class(exc))
+    with reading(path):
+        return _read_inspected(spark, path, files)
 
 
 # --------------------------------------------------------------------------- checkpoints

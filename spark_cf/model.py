@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from spark_cf import preflight
 from spark_cf.config import ModelConfig, TrainConfig
 from spark_cf.dataset import TrainingData
 from spark_cf.distributed import BlockedRatings, choose_blocks
@@ -134,6 +135,7 @@ def fit(
     user_blocks, item_blocks = blocks.user_blocks, blocks.item_blocks
     try:
         layout = Layout(index.num_items, index.num_users, model_cfg.rank, model_cfg.biases)
+        preflight.warn_rank(model_cfg.rank, index.num_users, index.num_items)
         w0 = initial_parameters(layout, init_scale=model_cfg.init_scale, seed=model_cfg.seed)
         if train_cfg.warm_start:
             w0 = warm_start_parameters(

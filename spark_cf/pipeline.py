@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pyspark.sql import functions as F
 
-from spark_cf import io
+from spark_cf import io, preflight
 from spark_cf.config import Config, RecommendConfig
 from spark_cf.dataset import IS_VAL, TrainingData, prepare
 from spark_cf.evaluation import format_table, ranking_metrics, regression_metrics
@@ -198,6 +198,7 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
     swapped in at the end (:mod:`spark_cf.publish`); a failure at any point leaves the
     published runs as they were.
     """
+    preflight.check_nightly(spark, cfg)  # before the lock and before the ratings are read
     final = f"{cfg.output.root.rstrip('/')}/run_date={run_date(cfg)}"
     timeout_s = cfg.output.lock_timeout_hours * 3600.0
     with Publication(spark, final, timeout_s=timeout_s) as pub:

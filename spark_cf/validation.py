@@ -38,6 +38,12 @@ TIMESTAMP_TYPES = (
 )
 
 
+#: A string id made only of these is blank: Unicode White_Space (tab, newline, NBSP, the
+#: ideographic space...) and the invisible format characters (category Cf: zero-width
+#: space U+200B, joiners, the byte order mark U+FEFF). Java regex, as Spark evaluates it.
+BLANK_ID = r"\A[\p{IsWhite_Space}\p{Cf}]*\z"
+
+
 def _type_name(dtype: T.DataType) -> str:
     return dtype.simpleString()
 
@@ -103,21 +109,27 @@ def tag_reasons(
     """Add a ``reason`` column: null for a usable row, else why the row cannot be used.
 
     The first failing check names the row's reason, in this order: null or empty user id,
-    null or empty item id, null rating, NaN rating, infinite rating, rating out of range,
-    null timestamp (only when a timestamp column is configured).
+    blank user id, the same for the item id, null rating, NaN rating, infinite rating,
+    rating out of range, null timestamp (only when a timestamp column is configured).
+
+    String ids are kept exactly as given (``' u1 '`` and ``'u1'`` are two ids); an id
+    made only of whitespace or invisible characters (:data:`BLANK_ID`) is quarantined.
     """
     dtypes = {f.name: f.dataType for f in df.schema.fields}
     rating = F.col(rating_col).cast("double")
 
-    def missing(col: str) -> Column:
+    def id_checks(col: str) -> list[tuple[Column, str]]:
         c = F.col(col)
-        if isinstance(dtypes[col], T.StringType):
-            return c.isNull() | (F.trim(c) == "")
-        return c.isNull()
+        if not isinstance(dtypes[col], T.StringType):
+            return [(c.isNull(), f"null or empty {col}")]
+        return [
+            (c.isNull() | (c == ""), f"null or empty {col}"),
+            (c.rlike(BLANK_ID), f"blank {col} (only whitespace or invisible characters)"),
+        ]
 
     checks: list[tuple[Column, str]] = [
-        (missing(user_col), f"null or empty {user_col}"),
-        (missing(item_col), f"null or empty {item_col}"),
+        *id_checks(user_col),
+        *id_checks(item_col),
         (F.col(rating_col).isNull(), f"null {rating_col}"),
         (F.isnan(rating), f"{rating_col} is NaN"),
         (F.abs(rating) == float("inf"), f"{rating_col} is infinite"),
@@ -148,13 +160,11 @@ def canonical(
     timestamp_col: str = "",
 ) -> DataFrame:
     """The usable rows under canonical names: user_id, item_id (raw types), rating double,
-    and timestamp (epoch seconds, long) when configured. String ids are trimmed."""
+    and timestamp (epoch seconds, long) when configured. String ids are kept as given."""
     dtypes = {f.name: f.dataType for f in df.schema.fields}
 
     def ident(col: str, name: str) -> Column:
         c = F.col(col)
-        if isinstance(dtypes[col], T.StringType):
-            return F.trim(c).alias(name)
         if isinstance(dtypes[col], (T.ByteType, T.ShortType)):
             return c.cast("int").alias(name)
         return c.alias(name)

@@ -12,6 +12,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
+from spark_cf import io
 from spark_cf.config import InputConfig
 from spark_cf.dataset import IS_VAL, prepare, tag_holdout
 from spark_cf.errors import InputError, SchemaError
@@ -99,9 +100,12 @@ def test_string_ids_empty_ids_and_custom_columns(spark, tmp_path):
             rating_max=5,
         ),
     )
-    assert result.quarantined == {"null or empty uid": 2, "null or empty movie": 1}
+    assert result.quarantined == {
+        "null or empty uid": 2,
+        "blank movie (only whitespace or invisible characters)": 1,
+    }
     expected = spark.createDataFrame(
-        [("u1", "007", 5.0), ("u2", "042", 3.0)], "user_id string, item_id string, rating double"
+        [("u1", "007", 5.0), (" u2 ", "042", 3.0)], "user_id string, item_id string, rating double"
     )
     assert_df_equality(result.ratings, expected, ignore_row_order=True, ignore_nullable=True)
 
@@ -278,3 +282,137 @@ def test_non_finite_double_timestamps_are_quarantined(spark, tmp_path):
     result = ingest(spark, cfg(write(tmp_path, table), timestamp_col="ts", duplicates="latest"))
     assert result.quarantined == {"ts is NaN or infinite": 2}
     assert [r.timestamp for r in result.ratings.collect()] == [1500000000]
+
+
+# ----------------------------------------------------------------- ids are kept as given
+
+BLANKS = ["\t\n", "\u00a0", "\u200b", "\ufeff", "\u3000 \u2003", "\r"]
+
+
+def test_unicode_blank_ids_are_quarantined_and_raw_ids_never_merged(spark, tmp_path):
+    users = ["u1", " u1 ", "u1\u00a0", *BLANKS, "u2"]
+    table = pa.table(
+        {
+            "user_id": users,
+            "item_id": ["i1"] * (len(users) - 1) + ["\u200b"],
+            "rating": [1.0 + n % 4 for n in range(len(users))],
+        }
+    )
+    result = ingest(spark, cfg(write(tmp_path, table)))
+    blank = "blank {} (only whitespace or invisible characters)"
+    assert result.quarantined == {blank.format("user_id"): len(BLANKS), blank.format("item_id"): 1}
+    got = sorted((r.user_id, r.rating) for r in result.ratings.collect())
+    # the three spellings of u1 stay three users with their own ratings, as written
+    assert got == [(" u1 ", 2.0), ("u1", 1.0), ("u1\u00a0", 3.0)]
+    assert result.duplicates_merged == 0
+    reasons = {r.user_id: r.reason for r in result.quarantine.collect()}
+    assert set(reasons) == {*BLANKS, "u2"}
+
+
+# ----------------------------------------------------- bad files: one line naming the path
+
+
+def test_a_file_that_is_not_parquet_is_refused_naming_it(spark, tmp_path):
+    path = tmp_path / "ratings.parquet"
+    path.write_text("user_id,item_id,rating\n1,2,3.0\n")
+    with pytest.raises(InputError, match=rf"{path}.*is not a Parquet file") as info:
+        ingest(spark, cfg(str(path)))
+    assert "\n" not in str(info.value)
+
+
+def test_a_truncated_parquet_file_in_a_folder_is_refused_naming_it(spark, tmp_path):
+    folder = tmp_path / "ratings"
+    folder.mkdir()
+    table = pa.table({"user_id": [1, 2], "item_id": [3, 4], "rating": [1.0, 2.0]})
+    pq.write_table(table, folder / "part-0.parquet")
+    data = (folder / "part-0.parquet").read_bytes()
+    (folder / "part-1.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"part-1\.parquet.*Could not read footer"):
+        ingest(spark, cfg(str(folder)))
+
+
+def test_a_corrupt_page_is_refused_naming_the_file(spark, tmp_path):
+    path = tmp_path / "ratings.parquet"
+    table = pa.table({"user_id": list(range(50)), "item_id": [3] * 50, "rating": [1.0] * 50})
+    pq.write_table(table, path)
+    data = bytearray(path.read_bytes())
+    data[8:64] = b"\xff" * 56  # the first page header: the footer is intact
+    path.write_bytes(bytes(data))
+    assert pq.read_schema(path).names == ["user_id", "item_id", "rating"]
+    with pytest.raises(InputError, match=rf"cannot read the Parquet input {path}: .*FAILED_READ"):
+        ingest(spark, cfg(str(path)))
+
+
+def test_an_empty_folder_is_refused(spark, tmp_path):
+    (tmp_path / "ratings" / "day=1").mkdir(parents=True)
+    (tmp_path / "ratings" / "_SUCCESS").write_text("")
+    with pytest.raises(InputError, match=f"no Parquet files in {tmp_path / 'ratings'}"):
+        ingest(spark, cfg(str(tmp_path / "ratings")))
+
+
+def test_files_differing_only_in_width_are_widened_and_logged(spark, tmp_path, caplog):
+    folder = tmp_path / "ratings"
+    folder.mkdir()
+    narrow = pa.table(
+        {
+            "user_id": pa.array([1, 2], pa.int32()),
+            "item_id": pa.array([7, 8], pa.int32()),
+            "rating": pa.array([4, 5], pa.int64()),
+        }
+    )
+    wide = pa.table(
+        {
+            "user_id": pa.array([3_000_000_000], pa.int64()),
+            "item_id": pa.array([9], pa.int64()),
+            "rating": pa.array([2.5], pa.float64()),
+        }
+    )
+    pq.write_table(narrow, folder / "a.parquet")
+    pq.write_table(wide, folder / "b.parquet")
+    with caplog.at_level("WARNING", logger="spark_cf.io"):
+        result = ingest(spark, cfg(str(folder)))
+    got = sorted((r.user_id, r.item_id, r.rating) for r in result.ratings.collect())
+    assert got == [(1, 7, 4.0), (2, 8, 5.0), (3_000_000_000, 9, 2.5)]
+    assert dict(result.ratings.dtypes)["user_id"] == "bigint"
+    widened = [r.getMessage() for r in caplog.records if "disagree on the width" in r.getMessage()]
+    assert any("column rating (bigint, double): read as double" in m for m in widened), widened
+    assert any("column user_id (bigint, int): read as bigint" in m for m in widened), widened
+
+
+def test_int_and_string_ids_across_files_are_refused_naming_the_files(spark, tmp_path):
+    folder = tmp_path / "ratings"
+    folder.mkdir()
+    pq.write_table(
+        pa.table({"user_id": [1], "item_id": [1], "rating": [1.0]}), folder / "a.parquet"
+    )
+    pq.write_table(
+        pa.table({"user_id": ["u2"], "item_id": [2], "rating": [2.0]}), folder / "b.parquet"
+    )
+    with pytest.raises(
+        SchemaError,
+        match=r"disagree on the type of column 'user_id': bigint in \S*a\.parquet; "
+        r"string in \S*b\.parquet",
+    ):
+        ingest(spark, cfg(str(folder)))
+
+
+def test_pandas_nanosecond_timestamps_are_read(spark, tmp_path):
+    import pandas as pd
+
+    when = pd.to_datetime(
+        ["2021-03-04 05:06:07.123456789", "1969-12-31 23:59:59.5", "2024-02-29 00:00:00"],
+        format="ISO8601",
+    )
+    frame = pd.DataFrame({"user_id": [1, 1, 2], "item_id": [1, 1, 1], "rating": [2.0, 3.0, 4.0]})
+    frame["ts"] = when
+    path = tmp_path / "ratings.parquet"
+    frame.to_parquet(path)
+    assert "timeUnit=nanoseconds" in str(pq.ParquetFile(path).schema)  # Parquet NANOS
+    result = ingest(spark, cfg(str(path), timestamp_col="ts", duplicates="latest"))
+    got = sorted((r.user_id, r.item_id, r.rating, r.timestamp) for r in result.ratings.collect())
+    seconds = when.asi8 // 10**9  # floor division: 1969-12-31 23:59:59.5 is second -1
+    assert got == [(1, 1, 2.0, int(seconds[0])), (2, 1, 4.0, int(seconds[2]))]
+    assert int(seconds[1]) == -1
+    # the column itself is read to the microsecond
+    micros = io.read_parquet(spark, str(path)).select(F.unix_micros("ts").alias("us")).collect()
+    assert [r.us for r in micros] == (when.asi8 // 1000).tolist()

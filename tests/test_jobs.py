@@ -137,3 +137,69 @@ def write_parquet_path(tmp_path) -> Path:
     path = tmp_path / "ints.parquet"
     write_parquet(SyntheticSpec(num_users=80, num_items=50, num_ratings=1200, seed=4), str(path))
     return path
+
+
+def nightly(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "nightly.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_a_file_that_is_not_parquet_exits_2_with_one_line_naming_it(tmp_path):
+    bad = tmp_path / "ratings.parquet"
+    bad.write_text("user_id,item_id,rating\n1,2,3.0\n")
+    proc = nightly("--set", f"input.path={bad}", "--set", f"output.root={tmp_path / 'out'}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = error_lines(proc.stderr)
+    assert line.startswith(f"error: cannot read the Parquet input {bad}: ")
+    assert "is not a Parquet file" in line and "Py4JJavaError" not in line
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "run_date").exists()
+
+
+def test_an_unwritable_output_root_exits_2_before_the_ratings_are_read(tmp_path):
+    (tmp_path / "file").write_text("x")
+    root = tmp_path / "file" / "out"
+    ratings = tmp_path / "ratings.parquet"
+    pq.write_table(pa.table({"user_id": [1], "item_id": [1], "rating": [9.0]}), ratings)
+    proc = nightly("--set", f"input.path={ratings}", "--set", f"output.root={root}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = error_lines(proc.stderr)
+    assert line.startswith(f"error: output.root = {root} is not writable")
+    assert "stage ingest" not in proc.stderr  # refused before the ratings were read
+
+
+@pytest.mark.parametrize(
+    "query, code, error_class",
+    [
+        ("bad_file", 2, "FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER"),
+        ("SELECT 1 / 0 AS x", 1, "DIVIDE_BY_ZERO"),
+    ],
+)
+def test_a_jvm_error_becomes_one_line_with_its_class(
+    spark, tmp_path, capsys, query, code, error_class
+):
+    from spark_cf import cli
+
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+
+    def body() -> int:
+        if query == "bad_file":
+            spark.read.parquet(str(bad))  # raw Spark, no translation on the way
+        else:
+            spark.sql(query).collect()  # ANSI mode is Spark 4's default
+        return 0
+
+    assert cli.run(body) == code
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: Spark error [{error_class}]: "), lines
+    assert "SQLSTATE" not in lines[0] and "\tat " not in lines[0]
