@@ -130,8 +130,7 @@ class ParityReport:
             f"lockstep rel. dgrad {self.lockstep_rel_grad:.3e}",
             f"lockstep (tolerance {self.tolerance:.0e}): "
             f"{'OK' if self.lockstep_ok else 'MISMATCH'}",
-            f"trajectory ({self._trajectory_rule()}): "
-            f"{'OK' if self.trajectory_ok else 'MISMATCH'}",
+            f"trajectory ({self._trajectory_rule()}): {'OK' if self.trajectory_ok else 'MISMATCH'}",
         ]
 
 
