@@ -14,8 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from spark_cf import publish
 from spark_cf.config import Config
-from spark_cf.errors import InputError
 from spark_cf.model import load_model
 from spark_cf.pipeline import run_nightly
 from spark_cf.synthetic import SyntheticSpec, write_parquet
@@ -260,15 +260,23 @@ def snapshot(run: Path) -> dict[str, bytes]:
     }
 
 
-def test_failed_run_leaves_published_run_untouched(spark, ratings_path, tmp_path):
+def test_failed_run_leaves_published_run_untouched(spark, ratings_path, tmp_path, monkeypatch):
     root = tmp_path / "out"
     run = Path(run_nightly(spark, config(ratings_path, root)).path)
     before = snapshot(run)
-    bad = config(ratings_path, root, predict={"pairs": str(tmp_path / "missing.parquet")})
-    with pytest.raises(InputError, match="does not exist"):
-        run_nightly(spark, bad)  # fails after training, while writing the run
+    steps: list[str] = []
+
+    def fail_once_staged(step: str) -> None:
+        steps.append(step)
+        if step == "staged":  # every table of the new run written, nothing swapped yet
+            raise RuntimeError("disk full")
+
+    monkeypatch.setattr(publish, "fault_hook", fail_once_staged)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_nightly(spark, config(ratings_path, root, model={"rank": 3}))
+    assert steps == ["locked", "recovered", "staged"]
     assert snapshot(run) == before
-    assert sorted(os.listdir(root)) == ["run_date=2026-01-02"]
+    assert sorted(os.listdir(root)) == ["run_date=2026-01-02"]  # no staging left behind
 
 
 def test_rerun_of_a_date_gives_identical_tables(spark, ratings_path, tmp_path):
