@@ -13,7 +13,7 @@ import sys
 from spark_cf import cli, io
 from spark_cf.model import fit, save_model
 from spark_cf.pipeline import ingest_and_prepare, software_versions, stage
-from spark_cf.session import build_session
+from spark_cf.session import build_session, settings_in_force
 
 
 def main(argv=None) -> int:
@@ -40,6 +40,7 @@ def main(argv=None) -> int:
                 "timings_s": timings,
                 "history": result.history,
                 "software": software_versions(),
+                "spark": settings_in_force(spark),
             }
             staged = io.staging_path(target)
             try:

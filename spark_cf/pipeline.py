@@ -24,6 +24,7 @@ from spark_cf.indexing import ITEM_IDX, USER_IDX
 from spark_cf.ingest import IngestResult, ingest
 from spark_cf.model import CFModel, fit, save_model
 from spark_cf.recommend import RANK, predict, top_n
+from spark_cf.session import settings_in_force
 from spark_cf.validation import ITEM, RATING, USER
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,7 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
             "rating_mean": final_data.rating_mean,
             "run_date": date,
             "software": software_versions(),
+            "spark": settings_in_force(spark),
             "scoring_rule": "prediction = features(user) . features(item) + mean(item) "
             "+ bias(item) + bias(user) + global_mean",
         }
