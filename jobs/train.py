@@ -17,7 +17,7 @@ from spark_cf import cli, preflight
 from spark_cf.model import fit, save_model
 from spark_cf.pipeline import ingest_and_prepare, software_versions, stage
 from spark_cf.publish import Publication
-from spark_cf.session import build_session
+from spark_cf.session import build_session, settings_in_force
 
 
 def main(argv=None) -> int:
@@ -49,6 +49,7 @@ def main(argv=None) -> int:
                     "timings_s": timings,
                     "history": result.history,
                     "software": software_versions(),
+                    "spark": settings_in_force(spark),
                 }
                 save_model(spark, model, pub.staging)
                 pub.commit()

@@ -25,6 +25,7 @@ from spark_cf.ingest import IngestResult, ingest
 from spark_cf.model import CFModel, fit, save_model
 from spark_cf.publish import Publication
 from spark_cf.recommend import RANK, predict, top_n
+from spark_cf.session import settings_in_force
 from spark_cf.validation import ITEM, RATING, USER
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,7 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
             "rating_mean": final_data.rating_mean,
             "run_date": date,
             "software": software_versions(),
+            "spark": settings_in_force(spark),
             "scoring_rule": "prediction = features(user) . features(item) + mean(item) "
             "+ bias(item) + bias(user) + global_mean",
         }

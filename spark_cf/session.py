@@ -1,4 +1,18 @@
-"""Building the SparkSession: Java check, worker Python, settings from the config."""
+"""Building the SparkSession: Java check, worker Python, settings from the config.
+
+Who decides a Spark setting, first match wins:
+
+1. what launched the driver JVM: ``spark-submit``'s ``--master``, ``--conf``, ``--name``,
+   ``--driver-memory``... and ``spark-defaults.conf`` (read back from the running JVM);
+2. the config's ``[spark]`` section (``master``, ``app_name``, ``[spark.conf]``);
+3. :data:`DEFAULT_SPARK_CONF`.
+
+Settings of the driver JVM itself (:data:`DRIVER_JVM_SETTINGS`) cannot change once that JVM
+runs, as it does under ``spark-submit``: a config value that differs from the one in force
+is left out with a warning naming the ``spark-submit`` flag to use. Local masters get task
+retries: ``local[N]`` runs as ``local[N,F]`` with ``F = spark.task.maxFailures`` (Spark's
+default 4), as a cluster would retry a failed task.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +23,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from spark_cf.errors import EnvironmentCheckError
 
@@ -75,38 +90,177 @@ def check_java() -> int:
     return major
 
 
+#: Settings read when the driver JVM starts, and the spark-submit flag that sets each.
+DRIVER_JVM_SETTINGS: dict[str, str] = {
+    "spark.driver.memory": "--driver-memory",
+    "spark.driver.extraJavaOptions": "--driver-java-options",
+    "spark.driver.extraClassPath": "--driver-class-path",
+    "spark.driver.extraLibraryPath": "--driver-library-path",
+}
+
+#: Spark's own default of ``spark.task.maxFailures``, the attempts a task gets.
+DEFAULT_TASK_ATTEMPTS = "4"
+
+#: Settings left out of :func:`settings_in_force`: secrets.
+_SECRET = re.compile(r"secret|password|token|credential", re.IGNORECASE)
+
+_LOCAL = re.compile(r"^local(?:\[(?P<threads>\*|\d+)(?:,(?P<attempts>\d+))?\])?$")
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """What :func:`build_session` sets on the builder, and why.
+
+    Attributes
+    ----------
+    master : str
+        The master URL the session runs on.
+    app_name : str
+        The application name.
+    settings : dict
+        The Spark settings given to the builder; a launcher's settings are not repeated
+        here (the JVM already holds them).
+    ignored : dict
+        Config settings that cannot apply, key -> the reason (logged as a warning).
+    """
+
+    master: str
+    app_name: str
+    settings: dict[str, str]
+    ignored: dict[str, str] = field(default_factory=dict)
+
+
+def with_task_retries(master: str, attempts: str) -> str:
+    """``local[N]`` (or ``local``, ``local[*]``) as ``local[N,attempts]``; others unchanged.
+
+    Local mode gives a task one attempt unless the master names more; an explicit
+    ``local[N,F]`` is kept as it is.
+    """
+    match = _LOCAL.match(master.strip())
+    if not match or match.group("attempts"):
+        return master
+    return f"local[{match.group('threads') or 1},{attempts}]"
+
+
+def plan_session(
+    master: str,
+    app_name: str,
+    conf: Mapping[str, str] | None = None,
+    launched: Mapping[str, str] | None = None,
+    jvm_running: Mapping[str, str] | None = None,
+    script: str = "",
+    defaults: Mapping[str, str] = DEFAULT_SPARK_CONF,
+) -> SessionPlan:
+    """Merge the launcher's, the config's and the default settings (no Spark needed).
+
+    Parameters
+    ----------
+    master, app_name, conf
+        The config's ``[spark]`` values.
+    launched
+        The settings ``spark-submit`` started the JVM with, or None when it did not.
+    jvm_running
+        The settings of a driver JVM that already runs (``launched`` under spark-submit),
+        or None when pyspark will start one with these settings.
+    script
+        The driver script's file name: ``spark-submit`` names the application after it
+        unless given ``--name``, and then the config's ``app_name`` is used.
+    defaults
+        The settings that apply when neither the launcher nor the config sets them.
+
+    Returns
+    -------
+    SessionPlan
+    """
+    conf = dict(conf or {})
+    settings = {**defaults, **conf}
+    ignored: dict[str, str] = {}
+    if launched is not None:
+        for key, value in launched.items():
+            if key in conf and conf[key] != value:
+                log.info("%s: spark-submit's %s wins over the config's %s", key, value, conf[key])
+            settings.pop(key, None)
+        submitted = launched.get("spark.master", master)
+        if submitted != master:
+            log.info("spark.master: spark-submit's %s wins over the config's %s", submitted, master)
+        master = submitted
+        named = launched.get("spark.app.name", "")
+        if named and named != os.path.basename(script):
+            app_name = named
+    if jvm_running is not None:
+        for key, flag in DRIVER_JVM_SETTINGS.items():
+            wanted = settings.pop(key, None)
+            if wanted is None or wanted == jvm_running.get(key) or key not in conf:
+                continue
+            in_force = jvm_running.get(key, "Spark's default")
+            ignored[key] = (
+                f"{key} = {wanted} in the config cannot apply: the driver JVM already runs "
+                f"(with {in_force}); pass it to spark-submit as {flag} {wanted}"
+            )
+    attempts = launched.get("spark.task.maxFailures") if launched else None
+    attempts = attempts or settings.get("spark.task.maxFailures", DEFAULT_TASK_ATTEMPTS)
+    return SessionPlan(with_task_retries(master, attempts), app_name, settings, ignored)
+
+
+def _jvm_settings() -> tuple[dict[str, str] | None, dict[str, str] | None]:
+    """(launched, running): the settings spark-submit gave the JVM, and a running JVM's.
+
+    Under spark-submit (``PYSPARK_GATEWAY_PORT`` set) the JVM runs before this Python does
+    and its launch settings are Java system properties, which a ``SparkConf`` made once
+    the gateway is up reads. When an earlier session of this process started the JVM, its
+    driver settings are in force too, but the config decides the rest.
+    """
+    from pyspark import SparkConf, SparkContext
+
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if not submitted and SparkContext._gateway is None:
+        return None, None
+    SparkContext._ensure_initialized()
+    running = dict(SparkConf().getAll())
+    return (running if submitted else None), running
+
+
 def build_session(
     master: str = "local[2]",
     app_name: str = "spark-cf",
     conf: Mapping[str, str] | None = None,
 ):
-    """Start (or reuse) a SparkSession with the project's defaults and ``conf`` on top.
+    """Start (or reuse) a SparkSession: the launcher's settings, then ``conf``, then ours.
 
-    The Python that runs the workers is set to the running interpreter: left unset, the
-    workers may start the system ``python3`` instead of the virtual environment's.
+    See the module docstring for who wins. The Python that runs the workers is the running
+    interpreter unless ``PYSPARK_PYTHON`` or ``spark.pyspark.python`` say otherwise: left
+    unset, the workers may start the system ``python3`` instead of the virtual
+    environment's.
     """
     check_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
-    settings = dict(DEFAULT_SPARK_CONF)
-    settings["spark.pyspark.python"] = os.environ["PYSPARK_PYTHON"]
-    settings.update(conf or {})
-    if "PYSPARK_GATEWAY_PORT" in os.environ:
-        # Started by spark-submit: its JVM is up, and what it was given wins over our
-        # defaults (--master over spark.master, --conf over DEFAULT_SPARK_CONF).
-        launched = SparkConf()
-        if launched.contains("spark.master"):
-            master = launched.get("spark.master")
-        for key in list(settings):
-            if launched.contains(key) and key not in (conf or {}):
-                del settings[key]
-    builder = SparkSession.builder.master(master).appName(app_name)
-    for key, value in settings.items():
+    launched, running = _jvm_settings()
+    defaults = {**DEFAULT_SPARK_CONF, "spark.pyspark.python": os.environ["PYSPARK_PYTHON"]}
+    plan = plan_session(master, app_name, conf, launched, running, sys.argv[0], defaults)
+    for reason in plan.ignored.values():
+        log.warning("%s", reason)
+    builder = SparkSession.builder.master(plan.master).appName(plan.app_name)
+    for key, value in plan.settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    log.info("Spark %s session on %s (app %s)", spark.version, master, app_name)
+    log.info(
+        "Spark %s session on %s (app %s)",
+        spark.version,
+        spark.sparkContext.master,
+        spark.sparkContext.appName,
+    )
     return spark
+
+
+def settings_in_force(spark) -> dict[str, str]:
+    """The Spark settings of the running SparkContext, sorted by key, secrets left out.
+
+    Read back from the context, so it holds what applied (spark-submit's flags included)
+    and nothing that was asked for but could not apply.
+    """
+    pairs = spark.sparkContext.getConf().getAll()
+    return {key: value for key, value in sorted(pairs) if not _SECRET.search(key)}

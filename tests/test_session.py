@@ -1,14 +1,28 @@
-"""The session factory's Java check, with stand-in java executables. No JVM."""
+"""The session factory: the Java check (stand-in java executables), who wins among
+spark-submit, the config and the defaults (pure, then under a real spark-submit), and
+local task retries."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from spark_cf.errors import EnvironmentCheckError
-from spark_cf.session import check_java, java_version
+from spark_cf.session import (
+    DEFAULT_SPARK_CONF,
+    check_java,
+    java_version,
+    plan_session,
+    with_task_retries,
+)
+
+SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
 
 
 def fake_java(tmp_path, banner: str) -> str:
@@ -44,3 +58,124 @@ def test_old_or_missing_java_is_refused_clearly(tmp_path, monkeypatch):
 
 def test_the_real_java_is_new_enough():
     assert check_java() >= 17
+
+
+@pytest.mark.parametrize(
+    ("master", "expected"),
+    [
+        ("local[2]", "local[2,4]"),
+        ("local", "local[1,4]"),
+        ("local[*]", "local[*,4]"),
+        ("local[2,7]", "local[2,7]"),
+        ("spark://127.0.0.1:7077", "spark://127.0.0.1:7077"),
+        ("yarn", "yarn"),
+        ("local-cluster[2,1,1024]", "local-cluster[2,1,1024]"),
+    ],
+)
+def test_local_masters_get_task_retries(master, expected):
+    assert with_task_retries(master, "4") == expected
+
+
+def test_without_a_launcher_the_config_wins_over_the_defaults():
+    plan = plan_session("local[2]", "cf", {"spark.sql.shuffle.partitions": "5"})
+    assert plan.master == "local[2,4]"
+    assert plan.app_name == "cf"
+    assert plan.settings["spark.sql.shuffle.partitions"] == "5"
+    assert plan.settings["spark.driver.memory"] == DEFAULT_SPARK_CONF["spark.driver.memory"]
+    assert not plan.ignored
+
+
+def test_task_attempts_follow_spark_task_max_failures():
+    assert plan_session("local[3]", "cf", {"spark.task.maxFailures": "6"}).master == "local[3,6]"
+    launched = {"spark.master": "local[2]", "spark.task.maxFailures": "2"}
+    assert plan_session("local[3]", "cf", {}, launched, launched).master == "local[2,2]"
+
+
+def test_spark_submit_wins_and_the_config_fills_in_the_rest():
+    launched = {
+        "spark.master": "spark://127.0.0.1:7077",
+        "spark.app.name": "nightly.py",
+        "spark.sql.shuffle.partitions": "3",
+        "spark.driver.memory": "2g",
+    }
+    config = {"spark.sql.shuffle.partitions": "4", "spark.executor.memory": "1g"}
+    plan = plan_session("yarn", "cf", config, launched, launched, "/somewhere/nightly.py")
+    assert plan.master == "spark://127.0.0.1:7077"
+    assert plan.app_name == "cf"  # spark-submit's default name: the script's
+    # the JVM holds the launcher's values: the builder must not set them again
+    assert "spark.sql.shuffle.partitions" not in plan.settings
+    assert "spark.master" not in plan.settings
+    assert plan.settings["spark.executor.memory"] == "1g"
+    assert plan.settings["spark.ui.enabled"] == "false"
+    named = dict(launched, **{"spark.app.name": "nightly-prod"})
+    assert plan_session("yarn", "cf", {}, named, named, "nightly.py").app_name == "nightly-prod"
+
+
+def test_driver_settings_the_running_jvm_cannot_take_are_left_out_naming_the_flag():
+    launched = {"spark.master": "local[1]"}
+    config = {"spark.driver.memory": "3g", "spark.driver.extraJavaOptions": "-Dx=1"}
+    plan = plan_session("local[2]", "cf", config, launched, launched)
+    assert "spark.driver.memory" not in plan.settings
+    assert "spark.driver.extraJavaOptions" not in plan.settings
+    assert "--driver-memory 3g" in plan.ignored["spark.driver.memory"]
+    assert "--driver-java-options" in plan.ignored["spark.driver.extraJavaOptions"]
+    # the same value as the one in force is no news; the project's default is no warning
+    same = dict(launched, **{"spark.driver.memory": "3g"})
+    assert not plan_session("local[2]", "cf", {"spark.driver.memory": "3g"}, same, same).ignored
+    assert not plan_session("local[2]", "cf", {}, launched, launched).ignored
+
+
+SESSION_SCRIPT = """
+import json, sys
+from spark_cf.session import build_session, settings_in_force
+spark = build_session("local[2]", "spark-cf-config-name", {
+    "spark.sql.shuffle.partitions": "4",
+    "spark.sql.files.maxPartitionBytes": "1234567",
+    "spark.driver.memory": "3g",
+})
+jvm = spark.sparkContext._jvm
+heap = jvm.java.lang.Runtime.getRuntime().maxMemory()
+out = {"settings": settings_in_force(spark), "heap": heap,
+       "sql_partitions": spark.conf.get("spark.sql.shuffle.partitions")}
+spark.stop()
+with open(sys.argv[1], "w") as fh:
+    json.dump(out, fh)
+"""
+
+
+@pytest.mark.spark
+def test_under_spark_submit_its_master_and_conf_win_and_are_recorded(tmp_path):
+    script = tmp_path / "session_probe.py"
+    script.write_text(SESSION_SCRIPT)
+    result = tmp_path / "result.json"
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    proc = subprocess.run(
+        [
+            str(SPARK_SUBMIT),
+            "--master",
+            "local[1]",
+            "--conf",
+            "spark.sql.shuffle.partitions=3",
+            str(script),
+            str(result),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    seen = json.loads(result.read_text())
+    settings = seen["settings"]
+    assert settings["spark.master"] == "local[1,4]"  # spark-submit's, with retries
+    assert settings["spark.sql.shuffle.partitions"] == "3"
+    assert seen["sql_partitions"] == "3"
+    assert settings["spark.sql.files.maxPartitionBytes"] == "1234567"  # the config fills in
+    assert settings["spark.app.name"] == "spark-cf-config-name"
+    assert settings["spark.ui.enabled"] == "false"  # our default fills in
+    # the driver heap could not become 3g: not recorded, and the log says what to do
+    assert "spark.driver.memory" not in settings
+    assert seen["heap"] < 2 * 1024**3
+    assert "pass it to spark-submit as --driver-memory 3g" in output

@@ -1,0 +1,128 @@
+"""The nightly job on a real Spark standalone cluster (a master and two workers on
+127.0.0.1), submitted as users do: spark-submit --master spark://... --py-files the zip,
+from another folder. It must run on the cluster's executors and publish the same tables,
+bit for bit, as a local[2] run of the same configuration."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from spark_cf.config import load_config
+from spark_cf.packaging import build_zip
+from spark_cf.pipeline import run_nightly
+from spark_cf.synthetic import SyntheticSpec, write_parquet
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cluster import StandaloneCluster, cluster_env  # noqa: E402
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.cluster]
+ROOT = Path(__file__).resolve().parents[1]
+SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
+RUN_DATE = "2026-05-06"
+
+#: Each published table and the columns that order its rows.
+TABLES = {
+    "model/user_factors": ["user_id"],
+    "model/item_factors": ["item_id"],
+    "predictions": ["user_id", "item_id"],
+    "top_n": ["user_id", "rank"],
+}
+
+
+def column_bytes(column: pa.ChunkedArray) -> bytes:
+    """The column's values as bytes: floats by their bits (NaN included), lists flattened."""
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        lengths = np.asarray(column.combine_chunks().value_lengths(), dtype=np.int64)
+        values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return lengths.tobytes() + np.ascontiguousarray(values).tobytes()
+    if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
+        return np.ascontiguousarray(column.to_numpy()).tobytes()
+    return json.dumps(column.to_pylist()).encode()
+
+
+def read_sorted(run: Path, table: str) -> pa.Table:
+    return pq.read_table(run / table).sort_by([(key, "ascending") for key in TABLES[table]])
+
+
+def test_nightly_on_a_standalone_cluster_matches_local_bit_for_bit(tmp_path, spark):
+    ratings = tmp_path / "ratings.parquet"
+    write_parquet(
+        SyntheticSpec(num_users=600, num_items=200, num_ratings=6000, true_rank=4, seed=11),
+        str(ratings),
+    )
+    conf = tmp_path / "job.toml"
+    conf.write_text(
+        '[spark]\nmaster = "local[2]"\n'
+        f'[input]\npath = "{ratings}"\n'
+        "[model]\nrank = 4\nbiases = true\nreg = 3.0\n"
+        "[train]\nmax_iter = 5\nnum_user_blocks = 2\nnum_item_blocks = 1\n"
+        f'[output]\nroot = "{tmp_path / "local"}"\nrun_date = "{RUN_DATE}"\n'
+    )
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    build_zip(work / "spark_cf.zip")
+    shutil.copy(ROOT / "jobs" / "nightly.py", work / "nightly.py")
+
+    with StandaloneCluster(tmp_path / "cluster", workers=2, cores=1, memory="2g") as cluster:
+        proc = subprocess.run(
+            [
+                str(SPARK_SUBMIT),
+                "--master",
+                cluster.url,
+                "--py-files",
+                "spark_cf.zip",
+                "nightly.py",
+                "--config",
+                str(conf),
+                "--set",
+                f'output.root="{tmp_path / "cluster_out"}"',
+            ],
+            cwd=work,
+            env=cluster_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-4000:]
+        state = cluster.master_json()
+        workers = [cluster.worker_json(i) for i in range(2)]
+
+    on_cluster = tmp_path / "cluster_out" / f"run_date={RUN_DATE}"
+    meta = json.loads((on_cluster / "model" / "metadata.json").read_text())
+    settings = meta["spark"]
+    assert settings["spark.master"] == cluster.url  # spark-submit's master, not the config's
+    app_id = settings["spark.app.id"]
+    finished = {app["id"]: app for app in state["completedapps"] + state["activeapps"]}
+    assert app_id in finished, state
+    # one executor on each worker ran this application
+    hosts = [
+        w["id"]
+        for w in workers
+        if any(e["appid"] == app_id for e in w["executors"] + w["finishedexecutors"])
+    ]
+    assert len(hosts) == 2, workers
+    assert "spark_cf.zip" in settings["spark.submit.pyFiles"]
+
+    # the same configuration on local[2] (this process's session), for comparison
+    cfg = load_config(str(conf))
+    run_nightly(spark, cfg)
+    local = tmp_path / "local" / f"run_date={RUN_DATE}"
+    for table in TABLES:
+        ours, theirs = read_sorted(on_cluster, table), read_sorted(local, table)
+        assert ours.schema == theirs.schema, table
+        assert ours.num_rows == theirs.num_rows > 0, table
+        for name in ours.column_names:
+            assert column_bytes(ours[name]) == column_bytes(theirs[name]), (table, name)
+    local_meta = json.loads((local / "model" / "metadata.json").read_text())
+    assert meta["final_cost"] == local_meta["final_cost"]
+    assert meta["iterations"] == local_meta["iterations"] == 5
