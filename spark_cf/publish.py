@@ -103,18 +103,23 @@ class Target:
 
     @classmethod
     def of(cls, path: str) -> Target:
-        parent, _, name = path.rstrip("/").rpartition("/")
+        """``path`` split into its parent folder and last part (``/model``: ``/`` and
+        ``model``; ``model``: ``.`` and ``model``)."""
+        parent, slash, name = path.rstrip("/").rpartition("/")
         if not name or name.startswith((".", "_")):
             raise PublishError(f"cannot publish to {path!r}: the last part must name a folder")
-        return cls(parent or ".", name)
+        return cls(parent if parent else ("/" if slash else "."), name)
+
+    def _in_parent(self, name: str) -> str:
+        return f"{self.parent.rstrip('/')}/{name}"
 
     @property
     def final(self) -> str:
-        return f"{self.parent}/{self.name}"
+        return self._in_parent(self.name)
 
     @property
     def control(self) -> str:
-        return f"{self.parent}/{CONTROL}"
+        return self._in_parent(CONTROL)
 
     @property
     def lock(self) -> str:
@@ -204,13 +209,19 @@ class LockOwner:
 
 
 def _stale_reason(owner: LockOwner | None, age_s: float, timeout_s: float) -> str | None:
-    """Why a lock may be taken over, or None when its owner may still be running."""
+    """Why a lock may be taken over, or None when its owner may still be running.
+
+    An owner known to run keeps its lock however old it is; the timeout applies only to
+    owners that cannot be checked (another host) and to unreadable locks."""
+    alive = owner.alive() if owner is not None else None
+    if alive is True:
+        return None
+    if alive is False:
+        return f"its process {owner.pid} on {owner.host} is gone"
     if age_s > timeout_s:
         return f"older than the timeout of {timeout_s / 3600:g} h"
     if owner is None:  # being written just now, or its writer died between create and write
         return f"unreadable for {age_s:.0f} s" if age_s > UNREADABLE_GRACE_S else None
-    if owner.alive() is False:
-        return f"its process {owner.pid} on {owner.host} is gone"
     return None
 
 
@@ -310,10 +321,13 @@ def _break(spark, path: str, seen: str) -> None:
     if io.read_text(spark, moved) == seen:
         io.delete(spark, moved)
         return
-    try:  # another run had taken it over meanwhile: give it back
+    try:  # another run had taken it over meanwhile: give it back, never delete it
         io.rename(spark, moved, path)
-    finally:
-        io.delete(spark, moved)
+    except PublishError:
+        raise LockError(
+            f"the lock {path} changed hands while it was being taken over; its new owner's "
+            f"lock is at {moved}: move it back to {path} if that run still goes on"
+        ) from None
 
 
 # ---------------------------------------------------------------------------- recovery

@@ -354,6 +354,33 @@ def test_a_killed_process_mid_swap_is_recovered_by_the_next_run(spark, tmp_path)
     assert_no_debris(root, [DATE, "run_date=2026-01-03"])
 
 
+def test_a_live_owner_keeps_its_lock_past_the_timeout(spark, tmp_path):
+    """The timeout is for owners that cannot be checked: a run known to go on (here a real
+    process on this host) is never taken over, and its staging is left alone."""
+    root = tmp_path / "out"
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        write_lock(root, pid=sleeper.pid, started_at=time.time() - 25 * 3600)
+        staging = root / "_staging" / f"{DATE}.staging-0123456789ab"
+        write_run(str(staging), 7)
+        with pytest.raises(LockError, match=f"pid {sleeper.pid}"):
+            with Publication(spark, str(root / DATE), timeout_s=3600):
+                pass
+        assert published_version(staging) == 7
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_target_of_an_absolute_or_remote_path_keeps_its_root():
+    top = Target.of("/model")
+    assert (top.parent, top.final, top.control) == ("/", "/model", "/_staging")
+    run = Target.of("hdfs://nn:8020/cf/run_date=2026-01-02")
+    assert run.final == "hdfs://nn:8020/cf/run_date=2026-01-02"
+    assert run.lock == "hdfs://nn:8020/cf/_staging/run_date=2026-01-02.lock"
+    assert Target.of("model").final == "./model"
+
+
 def test_target_must_name_a_visible_folder():
     assert Target.of("out/run_date=2026-01-02/").final == "out/run_date=2026-01-02"
     with pytest.raises(PublishError, match="_staging"):
