@@ -17,7 +17,7 @@ from spark_cf import cli, preflight
 from spark_cf.model import fit, save_model
 from spark_cf.pipeline import ingest_and_prepare, software_versions, stage
 from spark_cf.publish import Publication
-from spark_cf.session import build_session, settings_in_force
+from spark_cf.session import build_session, recorded_config, settings_in_force
 
 
 def main(argv=None) -> int:
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
                 with stage("train", timings):
                     model, result = fit(data, cfg.model, cfg.train)
                 model.metadata = {
-                    "config": cfg.to_dict(),
+                    "config": recorded_config(cfg.to_dict(), settings_in_force(spark)),
                     "iterations": result.iterations,
                     "final_cost": result.final_cost,
                     "stop_reason": result.stop_reason,

@@ -25,7 +25,7 @@ from spark_cf.ingest import IngestResult, ingest
 from spark_cf.model import CFModel, fit, save_model
 from spark_cf.publish import Publication
 from spark_cf.recommend import RANK, predict, top_n
-from spark_cf.session import settings_in_force
+from spark_cf.session import recorded_config, settings_in_force
 from spark_cf.validation import ITEM, RATING, USER
 
 log = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                 "final_cost": result.final_cost,
             }
         model.metadata = {
-            "config": cfg.to_dict(),
+            "config": recorded_config(cfg.to_dict(), settings_in_force(spark)),
             "rank": cfg.model.rank,
             "reg": cfg.model.reg,
             "optimizer": cfg.train.optimizer,

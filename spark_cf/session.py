@@ -24,6 +24,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from spark_cf.errors import EnvironmentCheckError
 
@@ -102,7 +103,12 @@ DRIVER_JVM_SETTINGS: dict[str, str] = {
 DEFAULT_TASK_ATTEMPTS = "4"
 
 #: Settings left out of :func:`settings_in_force`: secrets.
-_SECRET = re.compile(r"secret|password|token|credential", re.IGNORECASE)
+#: Setting names whose values are secrets: Spark's own ``spark.redaction.regex`` default
+#: (``secret|password|token|access[.]?key``) widened to the cloud stores' keys
+#: (``fs.azure.account.key.*``, ``fs.gs.auth.service.account.private.key``) and
+#: credentials.
+_SECRET = re.compile(r"secret|password|token|credential|key", re.IGNORECASE)
+REDACTED = "*********(redacted)"
 
 _LOCAL = re.compile(r"^local(?:\[(?P<threads>\*|\d+)(?:,(?P<attempts>\d+))?\])?$")
 
@@ -257,10 +263,44 @@ def build_session(
 
 
 def settings_in_force(spark) -> dict[str, str]:
-    """The Spark settings of the running SparkContext, sorted by key, secrets left out.
+    """The Spark settings of the running SparkContext, sorted by key, the values of
+    secrets (keys, passwords, tokens, credentials) replaced by :data:`REDACTED`.
 
     Read back from the context, so it holds what applied (spark-submit's flags included)
     and nothing that was asked for but could not apply.
     """
     pairs = spark.sparkContext.getConf().getAll()
-    return {key: value for key, value in sorted(pairs) if not _SECRET.search(key)}
+    return {key: REDACTED if _SECRET.search(key) else value for key, value in sorted(pairs)}
+
+
+def recorded_config(config: Mapping[str, Any], in_force: Mapping[str, str]) -> dict[str, Any]:
+    """``config`` (:meth:`~spark_cf.config.Config.to_dict`) as a run's metadata records it:
+    the ``[spark]`` values that did not apply (spark-submit set another master, ``--conf``
+    another value, or the driver JVM already ran) move from ``spark`` to
+    ``spark.not_applied`` with the value in force beside them, so that nothing is recorded
+    as applied that was not. ``in_force``: :func:`settings_in_force`."""
+    out = {name: dict(section) for name, section in config.items()}
+    spark = out.get("spark", {})
+    requested = {"spark.master": spark.get("master"), "spark.app.name": spark.get("app_name")}
+    requested.update(spark.get("conf", {}))
+    not_applied = {
+        key: {"requested": value, "in_force": in_force.get(key)}
+        for key, value in requested.items()
+        if value is not None and _applied_value(key, in_force) != value
+    }
+    spark["conf"] = {k: v for k, v in spark.get("conf", {}).items() if k not in not_applied}
+    for key, name in (("spark.master", "master"), ("spark.app.name", "app_name")):
+        if key in not_applied:
+            spark.pop(name, None)
+    spark["not_applied"] = not_applied
+    return out
+
+
+def _applied_value(key: str, in_force: Mapping[str, str]) -> str | None:
+    """The value in force of ``key``; a local master counts without its retry count."""
+    value = in_force.get(key)
+    if key == "spark.master" and value is not None:
+        match = _LOCAL.match(value)
+        if match and match.group("attempts"):
+            return value.split(",")[0] + "]"
+    return value

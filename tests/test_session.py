@@ -16,6 +16,7 @@ import pytest
 from spark_cf.errors import EnvironmentCheckError
 from spark_cf.session import (
     DEFAULT_SPARK_CONF,
+    REDACTED,
     check_java,
     java_version,
     plan_session,
@@ -127,7 +128,7 @@ def test_driver_settings_the_running_jvm_cannot_take_are_left_out_naming_the_fla
 
 SESSION_SCRIPT = """
 import json, sys
-from spark_cf.session import build_session, settings_in_force
+from spark_cf.session import build_session, recorded_config, settings_in_force
 spark = build_session("local[2]", "spark-cf-config-name", {
     "spark.sql.shuffle.partitions": "4",
     "spark.sql.files.maxPartitionBytes": "1234567",
@@ -135,7 +136,11 @@ spark = build_session("local[2]", "spark-cf-config-name", {
 })
 jvm = spark.sparkContext._jvm
 heap = jvm.java.lang.Runtime.getRuntime().maxMemory()
-out = {"settings": settings_in_force(spark), "heap": heap,
+in_force = settings_in_force(spark)
+requested = {"master": "local[2]", "app_name": "spark-cf-config-name", "conf": {
+    "spark.sql.files.maxPartitionBytes": "1234567", "spark.driver.memory": "3g"}}
+out = {"settings": in_force, "heap": heap,
+       "recorded": recorded_config({"spark": requested}, in_force),
        "sql_partitions": spark.conf.get("spark.sql.shuffle.partitions")}
 spark.stop()
 with open(sys.argv[1], "w") as fh:
@@ -156,6 +161,8 @@ def test_under_spark_submit_its_master_and_conf_win_and_are_recorded(tmp_path):
             "local[1]",
             "--conf",
             "spark.sql.shuffle.partitions=3",
+            "--conf",
+            "spark.hadoop.fs.s3a.access.key=AKIAEXAMPLE",
             str(script),
             str(result),
         ],
@@ -179,3 +186,13 @@ def test_under_spark_submit_its_master_and_conf_win_and_are_recorded(tmp_path):
     assert "spark.driver.memory" not in settings
     assert seen["heap"] < 2 * 1024**3
     assert "pass it to spark-submit as --driver-memory 3g" in output
+    assert settings["spark.hadoop.fs.s3a.access.key"] == REDACTED  # a secret's value
+    # the config as the metadata records it: what did not apply is named as such
+    recorded = seen["recorded"]["spark"]
+    assert "spark.driver.memory" not in recorded["conf"]
+    assert recorded["not_applied"]["spark.driver.memory"]["requested"] == "3g"
+    assert recorded["not_applied"]["spark.master"] == {
+        "requested": "local[2]",
+        "in_force": "local[1,4]",
+    }
+    assert recorded["conf"]["spark.sql.files.maxPartitionBytes"] == "1234567"
