@@ -99,12 +99,13 @@ def run_date(cfg: Config) -> str:
     return cfg.output.run_date or datetime.now(timezone.utc).date().isoformat()
 
 
-def resolve_warm_start(spark, cfg: Config) -> Config:
+def resolve_warm_start(spark, cfg: Config, date: str | None = None) -> Config:
     """``train.warm_start = "latest"``: the model of the newest run published under
-    ``output.root`` before this run's date (a cold start when there is none)."""
+    ``output.root`` before this run's date (``date``, else :func:`run_date`; a cold start
+    when there is none). The model it names is checked (parts, rank) before returning."""
     if cfg.train.warm_start != "latest":
         return cfg
-    date = run_date(cfg)
+    date = date or run_date(cfg)
     root = cfg.output.root.rstrip("/")
     runs = [
         path
@@ -115,6 +116,7 @@ def resolve_warm_start(spark, cfg: Config) -> Config:
         log.info("train.warm_start = latest: no earlier run under %s, random start", root)
         return cfg.replace(train={"warm_start": ""})
     log.info("train.warm_start = latest: starting from %s/model", runs[-1])
+    preflight.check_model(spark, "train.warm_start", f"{runs[-1]}/model", cfg.model.rank)
     return cfg.replace(train={"warm_start": f"{runs[-1]}/model"})
 
 
@@ -211,7 +213,7 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
     timings: dict[str, float] = {}
     final, staged = pub.path, pub.staging
     date = final.rsplit("run_date=", 1)[1]  # the date of the lock, even past midnight
-    cfg = resolve_warm_start(spark, cfg)
+    cfg = resolve_warm_start(spark, cfg, date)  # before the ratings are read
     ingested, data = ingest_and_prepare(spark, cfg, timings)
     final_data = data
     try:

@@ -16,6 +16,7 @@ import pytest
 
 from spark_cf import publish
 from spark_cf.config import Config
+from spark_cf.errors import ModelError
 from spark_cf.model import load_model
 from spark_cf.pipeline import run_nightly
 from spark_cf.synthetic import SyntheticSpec, write_parquet
@@ -319,3 +320,15 @@ def test_warm_start_latest_starts_from_the_previous_runs_model(spark, ratings_pa
     )
     third = run_nightly(spark, earlier)
     assert third.metrics["training"]["history"][0]["cost"] == first_history[0]["cost"]
+    # "latest" naming a model of another rank is refused before the ratings are read (the
+    # input here does not exist: reading it would fail otherwise)
+    other_rank = config(
+        ratings_path,
+        root,
+        model={"rank": 5},
+        train={"warm_start": "latest"},
+        input={"path": str(tmp_path / "not-read")},
+        output={"run_date": "2026-01-04"},
+    )
+    with pytest.raises(ModelError, match=r"rank 4 but model.rank = 5"):
+        run_nightly(spark, other_rank)
