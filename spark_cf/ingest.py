@@ -133,7 +133,7 @@ def read_ratings(spark: SparkSession, cfg: InputConfig) -> DataFrame:
         raise InputError(
             "input.path is empty: set it to the ratings Parquet (file, folder or glob)"
         )
-    return io.read_parquet(spark, cfg.path)
+    return io.read_parquet(spark, cfg.path, ids=(cfg.user_col, cfg.item_col))
 
 
 def ingest(spark: SparkSession, cfg: InputConfig) -> IngestResult:

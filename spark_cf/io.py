@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Collection
 from contextlib import contextmanager
 from typing import Any
 
@@ -354,9 +355,10 @@ def _nanos_as_long(spark, on: bool):
             spark.conf.set(key, before)
 
 
-def _read_inspected(spark, path: str, files: list[str]):
+def _read_inspected(spark, path: str, files: list[str], ids: Collection[str] = ()):
     """Read files whose schemas differ in width, or hold nanosecond timestamps: one read
-    per distinct schema, each cast to the widened types, then one union."""
+    per distinct schema, each cast to the widened types, then one union. The columns of
+    ``ids`` widen among integers only (an id read as a double would lose digits)."""
     from functools import reduce
 
     from pyspark.sql import functions as F
@@ -393,6 +395,8 @@ def _read_inspected(spark, path: str, files: list[str]):
     target = {}
     for name, types in columns.items():
         wide = widened_type(types)
+        if name in ids and wide not in (None, "bigint") and len(types) > 1:
+            wide = None
         if wide is None:
             seen = "; ".join(
                 f"{df.schema[name].dataType.simpleString()} in {group[0]}"
@@ -417,8 +421,11 @@ def _read_inspected(spark, path: str, files: list[str]):
     return reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), cast)
 
 
-def read_parquet(spark, path: str):
+def read_parquet(spark, path: str, *, ids: Collection[str] = ()):
     """Read Parquet from a file, a folder, a partitioned dataset or a glob.
+
+    ``ids``: id columns, which files may hold as integers of different widths (read as
+    bigint) but not as integers in some files and floating point in others.
 
     Every file's footer is read first (one parallel job), so unreadable files, an empty
     folder and files that disagree on a column's type are refused here, naming the path;
@@ -447,7 +454,7 @@ def read_parquet(spark, path: str):
             raise
         log.info("%s: %s; reading each file's footer", path, spark_error_class(exc))
     with reading(path):
-        return _read_inspected(spark, path, files)
+        return _read_inspected(spark, path, files, ids)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -274,7 +274,7 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
         }
         with stage("predict", timings):
             if cfg.predict.pairs:
-                pairs = io.read_parquet(spark, cfg.predict.pairs)
+                pairs = io.read_parquet(spark, cfg.predict.pairs, ids=(USER, ITEM))
             else:
                 pairs = data.ratings.where(F.col(IS_VAL)).select(USER, ITEM)
             clip = (cfg.input.rating_min, cfg.input.rating_max) if cfg.predict.clip else None

@@ -396,6 +396,32 @@ def test_int_and_string_ids_across_files_are_refused_naming_the_files(spark, tmp
         ingest(spark, cfg(str(folder)))
 
 
+def test_int_and_double_ids_across_files_are_refused_while_ratings_widen(spark, tmp_path):
+    """An id column of integers in one file and doubles in another is not widened to
+    double (ids above 2**53 would change); a rating column is."""
+    folder = tmp_path / "ratings"
+    folder.mkdir()
+    pq.write_table(
+        pa.table({"user_id": [1], "item_id": [1], "rating": pa.array([1], pa.int64())}),
+        folder / "a.parquet",
+    )
+    pq.write_table(
+        pa.table({"user_id": [2.0], "item_id": [2], "rating": [2.5]}), folder / "b.parquet"
+    )
+    with pytest.raises(
+        SchemaError,
+        match=r"disagree on the type of column 'user_id': bigint in \S*a\.parquet; "
+        r"double in \S*b\.parquet",
+    ):
+        ingest(spark, cfg(str(folder)))
+    (folder / "b.parquet").unlink()
+    pq.write_table(
+        pa.table({"user_id": [2], "item_id": [2], "rating": [2.5]}), folder / "b.parquet"
+    )
+    ratings = ingest(spark, cfg(str(folder))).ratings
+    assert sorted(r.rating for r in ratings.collect()) == [1.0, 2.5]
+
+
 def test_pandas_nanosecond_timestamps_are_read(spark, tmp_path):
     import pandas as pd
 
