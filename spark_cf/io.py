@@ -92,8 +92,16 @@ def rename(spark, src: str, dst: str) -> None:
     if not fs.exists(hsrc):
         raise PublishError(f"cannot rename {src} to {dst}: {src} does not exist")
     fs.mkdirs(hdst.getParent())
-    nested = _hadoop(spark, f"{dst.rstrip('/')}/{hsrc.getName()}")[1]
-    if not fs.rename(hsrc, hdst) or fs.exists(hsrc) or not fs.exists(hdst) or fs.exists(nested):
+    # nesting shows as dst/<name of src>, unless src held a child of that name itself
+    name = hsrc.getName()
+    nested = _hadoop(spark, f"{dst.rstrip('/')}/{name}")[1]
+    own_child = fs.exists(_hadoop(spark, f"{src.rstrip('/')}/{name}")[1])
+    if (
+        not fs.rename(hsrc, hdst)
+        or fs.exists(hsrc)
+        or not fs.exists(hdst)
+        or (fs.exists(nested) and not own_child)
+    ):
         raise PublishError(f"could not rename {src} to {dst} (check both paths)")
 
 
@@ -110,10 +118,16 @@ def create_exclusive(spark, path: str, text: str) -> bool:
     fs.mkdirs(hpath.getParent())
     if str(fs.getScheme()) == "file":
         local = str(fs.makeQualified(hpath).toUri().getPath())
-        try:
-            fd = os.open(local, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
+        for attempt in range(3):
+            try:
+                fd = os.open(local, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                return False
+            except FileNotFoundError:  # another run removed the empty folder meanwhile
+                if attempt == 2:
+                    raise
+                fs.mkdirs(hpath.getParent())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         return True

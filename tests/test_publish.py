@@ -107,6 +107,15 @@ def test_rename_to_a_free_path_moves_the_folder(spark, tmp_path):
     assert not src.exists() and published_version(dst) == 2
 
 
+def test_a_folder_holding_a_child_of_its_own_name_renames(spark, tmp_path):
+    """``--model-out out/user_factors`` stages a folder that holds ``user_factors``: that
+    child is not a sign of nesting."""
+    src, dst = tmp_path / "user_factors", tmp_path / "out" / "user_factors"
+    write_run(str(src / "user_factors"), 3)
+    io.rename(spark, str(src), str(dst))
+    assert not src.exists() and published_version(dst / "user_factors") == 3
+
+
 # --------------------------------------------------------------------------- publishing
 
 
