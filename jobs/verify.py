@@ -24,7 +24,10 @@ def main(argv=None) -> int:
             "--tolerance",
             type=float,
             default=DEFAULT_TOLERANCE,
-            help="largest difference accepted (default 1e-9)",
+            help="largest relative difference of the lockstep check, and of the factors, "
+            "costs and predictions of the trajectory check for gd/momentum/nesterov/adam "
+            "(default 1e-9); lbfgs's trajectory check takes max(this, 1e-4) on the costs and "
+            "0.01 RMS on the predictions (see spark_cf.verify)",
         )
         parser.add_argument(
             "--lockstep-only",

@@ -119,3 +119,23 @@ def test_a_different_final_cost_fails_when_factors_are_not_judged(setting):
     )
     assert report.rel_final_cost == pytest.approx(0.1 / 3.9)
     assert not report.trajectory_ok
+
+
+@pytest.mark.spark
+def test_verify_with_the_default_optimiser_judges_predictions_not_factors(spark, tmp_path):
+    from spark_cf.config import Config
+    from spark_cf.pipeline import ingest_and_prepare
+    from spark_cf.synthetic import SyntheticSpec, write_parquet
+    from spark_cf.verify import LBFGS_PREDICTION_TOLERANCE, verify
+
+    path = tmp_path / "ratings.parquet"
+    write_parquet(SyntheticSpec(num_users=60, num_items=40, num_ratings=900, seed=8), str(path))
+    cfg = Config().replace(input={"path": str(path)}, train={"max_iter": 30})
+    assert cfg.train.optimizer == "lbfgs"  # the default
+    ingested, data = ingest_and_prepare(spark, cfg, {})
+    report = verify(data, cfg)
+    ingested.unpersist()
+    assert not report.factors_judged
+    assert report.ok, report.lines()
+    assert report.rms_prediction <= LBFGS_PREDICTION_TOLERANCE
+    assert max(report.lockstep_rel_cost, report.lockstep_rel_grad) <= 1e-9
