@@ -21,6 +21,7 @@ from spark_cf.config import Config, load_config
 from spark_cf.errors import (
     BAD_INPUT_CLASSES,
     LockError,
+    PublishError,
     SparkCFError,
     spark_error_class,
     spark_error_message,
@@ -71,6 +72,10 @@ def run(body: Callable[[], int]) -> int:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except PublishError as exc:  # the file system refused, after the work: not bad input
+        log.exception("publishing failed")
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CRASH
     except SparkCFError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

@@ -42,7 +42,8 @@ class ModelError(SparkCFError):
 
 
 class PublishError(SparkCFError):
-    """A publication cannot go on safely (for example a rename onto an existing path)."""
+    """A publication cannot go on safely (for example a rename onto an existing path).
+    Raised after the work, by the file system rather than the input: jobs exit 1."""
 
 
 class LockError(SparkCFError):
@@ -53,18 +54,16 @@ class PathError(SparkCFError):
     """A path the run will write or read later is unusable (names the key and the path)."""
 
 
-#: Spark's error classes (their first part) that mean the input is bad, not the program:
-#: jobs exit 2 on them, like on a :class:`SparkCFError`.
-BAD_INPUT_CLASSES = frozenset(
-    {
-        "FAILED_READ_FILE",
-        "CANNOT_READ_FILE_FOOTER",
-        "CANNOT_MERGE_SCHEMAS",
-        "PARQUET_TYPE_ILLEGAL",
-        "UNABLE_TO_INFER_SCHEMA",
-        "PATH_NOT_FOUND",
-    }
+#: Spark's error classes (their first part) that mean "this input cannot be read as
+#: Parquet" ...
+UNREADABLE_CLASSES = frozenset(
+    {"FAILED_READ_FILE", "CANNOT_READ_FILE_FOOTER", "UNABLE_TO_INFER_SCHEMA"}
 )
+#: ... those that mean "the files differ: read each footer to find out how" ...
+NEEDS_INSPECTION_CLASSES = frozenset({"CANNOT_MERGE_SCHEMAS", "PARQUET_TYPE_ILLEGAL"})
+#: ... and all that mean the input is bad, not the program: jobs exit 2 on them, like on
+#: a :class:`SparkCFError`.
+BAD_INPUT_CLASSES = UNREADABLE_CLASSES | NEEDS_INSPECTION_CLASSES | {"PATH_NOT_FOUND"}
 
 
 def spark_error_class(exc: BaseException) -> str:

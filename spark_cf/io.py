@@ -15,7 +15,12 @@ from collections.abc import Collection
 from contextlib import contextmanager
 from typing import Any
 
-from spark_cf.errors import spark_error_class, spark_error_message
+from spark_cf.errors import (
+    NEEDS_INSPECTION_CLASSES,
+    UNREADABLE_CLASSES,
+    spark_error_class,
+    spark_error_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -250,10 +255,6 @@ def write_table(df, path: str, *, partitions: int | None = None) -> None:
 # nanosecond timestamps) take a slower path: each file's footer is read on the driver,
 # files are grouped by schema, each group is read on its own and cast to the widened type.
 
-#: Error classes of Spark that mean "this input cannot be read as Parquet".
-_UNREADABLE = ("FAILED_READ_FILE", "CANNOT_READ_FILE_FOOTER", "UNABLE_TO_INFER_SCHEMA")
-#: ... and those that mean "read each footer to find out what differs".
-_NEEDS_INSPECTION = ("CANNOT_MERGE_SCHEMAS", "PARQUET_TYPE_ILLEGAL")
 _INTEGRAL = ("tinyint", "smallint", "int", "bigint")
 _NUMERIC = (*_INTEGRAL, "float", "double")
 
@@ -271,7 +272,7 @@ def reading(path: str):
     try:
         yield
     except Exception as exc:
-        if not _is_input_error(exc, _UNREADABLE):
+        if not _is_input_error(exc, UNREADABLE_CLASSES):
             raise
         log.debug("reading %s failed", path, exc_info=True)
         raise InputError(
@@ -464,7 +465,7 @@ def read_parquet(spark, path: str, *, ids: Collection[str] = ()):
         with reading(path):
             return spark.read.option("mergeSchema", "true").parquet(path)
     except Exception as exc:
-        if not _is_input_error(exc, _NEEDS_INSPECTION):
+        if not _is_input_error(exc, NEEDS_INSPECTION_CLASSES):
             raise
         log.info("%s: %s; reading each file's footer", path, spark_error_class(exc))
     with reading(path):

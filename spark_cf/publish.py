@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from spark_cf import io
-from spark_cf.errors import LockError, PublishError
+from spark_cf.errors import LockError, PathError, PublishError
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Target:
         ``model``; ``model``: ``.`` and ``model``)."""
         parent, slash, name = path.rstrip("/").rpartition("/")
         if not name or name.startswith((".", "_")):
-            raise PublishError(f"cannot publish to {path!r}: the last part must name a folder")
+            raise PathError(f"cannot publish to {path!r}: the last part must name a folder")
         return cls(parent if parent else ("/" if slash else "."), name)
 
     def _in_parent(self, name: str) -> str:

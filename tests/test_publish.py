@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from spark_cf import cli, io, publish
-from spark_cf.errors import LockError, PublishError
+from spark_cf.errors import LockError, PathError, PublishError
 from spark_cf.publish import Crash, Publication, Target
 
 pytestmark = pytest.mark.spark
@@ -98,6 +98,8 @@ def test_rename_onto_an_existing_folder_is_refused_and_nests_nothing(spark, tmp_
         io.rename(spark, str(src), str(dst))
     assert sorted(os.listdir(dst)) == ["_SUCCESS", "predictions"]  # nothing moved inside
     assert published_version(dst) == 1 and published_version(src) == 2
+    # a job that meets this after its work exits 1 (the file system, not the input)
+    assert cli.run(lambda: io.rename(spark, str(src), str(dst))) == cli.EXIT_CRASH
 
 
 def test_rename_to_a_free_path_moves_the_folder(spark, tmp_path):
@@ -392,8 +394,9 @@ def test_target_of_an_absolute_or_remote_path_keeps_its_root():
 
 def test_target_must_name_a_visible_folder():
     assert Target.of("out/run_date=2026-01-02/").final == "out/run_date=2026-01-02"
-    with pytest.raises(PublishError, match="_staging"):
+    with pytest.raises(PathError, match="_staging"):  # a bad path given: exit 2
         Target.of("out/_staging")
+    assert not issubclass(PathError, PublishError)
 
 
 def test_lock_timeout_must_be_positive():
