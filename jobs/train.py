@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     def body(args, cfg) -> int:
         target = args.model_out or f"{cfg.output.root.rstrip('/')}/model"
         spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
-        timeout_s = cfg.output.lock_timeout_hours * 3600.0
+        timeout_s = cfg.output.lock_timeout_s
         try:
             key = "--model-out" if args.model_out else "output.root"
             preflight.check_parent_writable(spark, key, target)

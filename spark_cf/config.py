@@ -118,6 +118,11 @@ class OutputConfig:
     run_date: str = ""
     lock_timeout_hours: float = 24.0
 
+    @property
+    def lock_timeout_s(self) -> float:
+        """``lock_timeout_hours`` in seconds, as :mod:`spark_cf.publish` takes it."""
+        return self.lock_timeout_hours * 3600.0
+
 
 @dataclass(frozen=True)
 class Config:

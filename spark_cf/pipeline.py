@@ -203,7 +203,7 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
     """
     preflight.check_nightly(spark, cfg)  # before the lock and before the ratings are read
     final = f"{cfg.output.root.rstrip('/')}/run_date={run_date(cfg)}"
-    timeout_s = cfg.output.lock_timeout_hours * 3600.0
+    timeout_s = cfg.output.lock_timeout_s
     with Publication(spark, final, timeout_s=timeout_s) as pub:
         return _run_nightly(spark, cfg, pub)
 
