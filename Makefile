@@ -30,7 +30,7 @@ nightly: install $(DATA)
 	$(BIN)/spark-submit --master 'local[2]' --driver-memory 4g jobs/nightly.py --config conf/local.toml
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The library as one zip for spark-submit --py-files (see README, "On a cluster").
 dist: install
