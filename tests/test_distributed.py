@@ -13,7 +13,7 @@ import pytest
 
 from spark_cf.config import Config
 from spark_cf.dataset import IS_VAL, prepare
-from spark_cf.distributed import BlockedRatings, range_starts
+from spark_cf.distributed import MISS_STREAK, BlockedRatings, range_starts
 from spark_cf.errors import CheckpointError, DivergenceError
 from spark_cf.indexing import ITEM_IDX, USER_IDX
 from spark_cf.model import fit
@@ -284,9 +284,13 @@ def test_blocks_from_the_worker_cache_or_from_spark_give_the_same_bits(ratings):
     w = initial_parameters(layout, init_scale=0.3, seed=5)
     first = objective(w)  # no worker has a block yet: they come from Spark's cache
     assert objective.payload_jobs == 1
-    for _ in range(4):
+    # Which Python worker takes a task is the scheduler's choice (a busy machine may fork
+    # a fresh worker), so give the caches up to MISS_STREAK - 1 evaluations: at least one
+    # of them must find every block in its worker's cache.
+    tries = MISS_STREAK - 1
+    for _ in range(tries):
         cached = objective(w)
-    assert objective.payload_jobs < 5  # the workers kept the blocks
+    assert objective.payload_jobs < 1 + tries  # the workers kept the blocks
     # a key no worker knows: every block misses its worker cache and comes from Spark's
     key = blocks.key
     blocks.key = "unknown"
