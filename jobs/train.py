@@ -37,8 +37,9 @@ def main(argv=None) -> int:
                 ingested, data = ingest_and_prepare(spark, cfg, timings)
                 with stage("train", timings):
                     model, result = fit(data, cfg.model, cfg.train)
+                in_force = settings_in_force(spark)
                 model.metadata = {
-                    "config": recorded_config(cfg.to_dict(), settings_in_force(spark)),
+                    "config": recorded_config(cfg.to_dict(), in_force),
                     "iterations": result.iterations,
                     "final_cost": result.final_cost,
                     "stop_reason": result.stop_reason,
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
                     "timings_s": timings,
                     "history": result.history,
                     "software": software_versions(),
-                    "spark": settings_in_force(spark),
+                    "spark": in_force,
                 }
                 save_model(spark, model, pub.staging)
                 pub.commit()

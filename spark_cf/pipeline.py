@@ -252,8 +252,9 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                 "stop_reason": result.stop_reason,
                 "final_cost": result.final_cost,
             }
+        in_force = settings_in_force(spark)
         model.metadata = {
-            "config": recorded_config(cfg.to_dict(), settings_in_force(spark)),
+            "config": recorded_config(cfg.to_dict(), in_force),
             "rank": cfg.model.rank,
             "reg": cfg.model.reg,
             "optimizer": cfg.train.optimizer,
@@ -268,7 +269,7 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
             "rating_mean": final_data.rating_mean,
             "run_date": date,
             "software": software_versions(),
-            "spark": settings_in_force(spark),
+            "spark": in_force,
             "scoring_rule": "prediction = features(user) . features(item) + mean(item) "
             "+ bias(item) + bias(user) + global_mean",
         }
