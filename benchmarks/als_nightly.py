@@ -20,13 +20,11 @@ import time
 from pyspark.ml.recommendation import ALS
 from pyspark.sql import functions as F
 
-from spark_cf import cli, io
-from spark_cf.dataset import IS_VAL
-from spark_cf.indexing import ITEM_IDX, USER_IDX
-from spark_cf.pipeline import ingest_and_prepare, run_date, stage
-from spark_cf.publish import Publication
+from spark_cf import cli, storage
+from spark_cf.nightly.run import ingest_and_prepare, run_date, stage
+from spark_cf.outputs.publish import Publication
+from spark_cf.schema import IS_VAL, ITEM, ITEM_IDX, RATING, USER, USER_IDX
 from spark_cf.session import build_session
-from spark_cf.validation import ITEM, RATING, USER
 
 
 def run(spark, cfg, reg: float, pub: Publication) -> str:
@@ -55,7 +53,7 @@ def run(spark, cfg, reg: float, pub: Publication) -> str:
         pred = F.coalesce(F.nanvl(F.col("prediction"), F.lit(None)), F.lit(data.rating_mean))
         rmse = held.select(F.sqrt(F.avg((pred - F.col(RATING)) ** 2))).first()[0]
     with stage("predict", timings):
-        io.write_parquet(
+        storage.write_parquet(
             held.select(USER, ITEM, pred.alias("prediction")).orderBy(USER, ITEM),
             f"{staged}/predictions",
         )
@@ -74,22 +72,22 @@ def run(spark, cfg, reg: float, pub: Publication) -> str:
             .select(USER, "rank", ITEM, "score")
             .orderBy(USER, "rank")
         )
-        io.write_parquet(recs, f"{staged}/top_n")
+        storage.write_parquet(recs, f"{staged}/top_n")
     with stage("publish", timings):
-        io.write_parquet(
+        storage.write_parquet(
             model.userFactors.join(users, F.col("id") == F.col(USER_IDX)).select(USER, "features"),
             f"{staged}/model/user_factors",
         )
-        io.write_parquet(
+        storage.write_parquet(
             model.itemFactors.join(items, F.col("id") == F.col(ITEM_IDX)).select(ITEM, "features"),
             f"{staged}/model/item_factors",
         )
-        io.write_parquet(ingested.quarantine, f"{staged}/quarantine", partitions=1)
+        storage.write_parquet(ingested.quarantine, f"{staged}/quarantine", partitions=1)
         timings["total"] = round(time.perf_counter() - started, 3)
-        io.write_json(
+        storage.write_json(
             spark, f"{staged}/metrics.json", {"rmse": rmse, "reg": reg, "timings_s": timings}
         )
-        io.write_text(spark, f"{staged}/_SUCCESS", "")
+        storage.write_text(spark, f"{staged}/_SUCCESS", "")
         pub.commit()
     print(f"published {final}: held-out RMSE {rmse:.4f}")
     return final

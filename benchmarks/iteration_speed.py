@@ -22,14 +22,13 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
-from spark_cf.dataset import IS_VAL, prepare
-from spark_cf.distributed import BlockedRatings, choose_blocks
-from spark_cf.indexing import ITEM_IDX, USER_IDX
-from spark_cf.params import Layout, initial_parameters
-from spark_cf.reference import ReferenceObjective
+from spark_cf.data.prepare import prepare
+from spark_cf.data.synthetic import SyntheticSpec, write_parquet
+from spark_cf.reference.numpy_cf import ReferenceObjective
+from spark_cf.schema import IS_VAL, ITEM_IDX, RATING, USER_IDX
 from spark_cf.session import build_session
-from spark_cf.synthetic import SyntheticSpec, write_parquet
-from spark_cf.validation import RATING
+from spark_cf.training.blocks import BlockedRatings, choose_blocks
+from spark_cf.training.params import Layout, initial_parameters
 
 HERE = Path(__file__).resolve().parent
 

@@ -123,7 +123,7 @@ def dataset_path(name: str) -> Path:
         sys.path.insert(0, str(HERE))
         from iteration_speed import spec_for
 
-        from spark_cf.synthetic import write_parquet
+        from spark_cf.data.synthetic import write_parquet
 
         write_parquet(spec_for(GENERATED[name]), str(out))
     return out
@@ -227,7 +227,7 @@ def _session(name: str):
 
 
 def _prepared(spark, path: str, biases: bool):
-    from spark_cf.dataset import prepare
+    from spark_cf.data.prepare import prepare
 
     df = spark.read.parquet(path).select("user_id", "item_id", "rating")
     return prepare(
@@ -265,9 +265,7 @@ def child_als(path: str, regs: list[float]) -> dict:
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as F
 
-    from spark_cf.dataset import IS_VAL
-    from spark_cf.indexing import ITEM_IDX, USER_IDX
-    from spark_cf.validation import RATING
+    from spark_cf.schema import IS_VAL, ITEM_IDX, RATING, USER_IDX
 
     spark = _session("als")
     checkpoints = tempfile.mkdtemp(prefix="als-checkpoints-")
@@ -328,13 +326,11 @@ def child_ours(path: str, variants: list[str], target: float, stop_at_target: bo
     import numpy as np
 
     from spark_cf.config import ModelConfig, TrainConfig
-    from spark_cf.dataset import IS_VAL
-    from spark_cf.indexing import ITEM_IDX, USER_IDX
-    from spark_cf.model import fit
-    from spark_cf.params import Layout, initial_parameters
-    from spark_cf.recommend import top_n
-    from spark_cf.reference import ReferenceObjective
-    from spark_cf.validation import RATING
+    from spark_cf.outputs.recommend import top_n
+    from spark_cf.reference.numpy_cf import ReferenceObjective
+    from spark_cf.schema import IS_VAL, ITEM_IDX, RATING, USER_IDX
+    from spark_cf.training.fit import fit
+    from spark_cf.training.params import Layout, initial_parameters
 
     spark = _session("ours")
     prepared = {}

@@ -29,9 +29,10 @@ def main() -> int:
     from vs_als import SEED, SPARK_CONF, dataset_path
 
     from spark_cf.config import ModelConfig, TrainConfig
-    from spark_cf.dataset import prepare
-    from spark_cf.model import fit, save_model
+    from spark_cf.data.prepare import prepare
+    from spark_cf.model.persistence import save_model
     from spark_cf.session import build_session
+    from spark_cf.training.fit import fit
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="ml-latest-small")

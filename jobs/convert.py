@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from spark_cf.cli import EXIT_OK, run, setup_logging
-from spark_cf.convert import FORMATS, ID_TYPES, convert, parse_columns, resolve_format
+from spark_cf.data.convert import FORMATS, ID_TYPES, convert, parse_columns, resolve_format
 from spark_cf.session import build_session
 
 log = logging.getLogger("spark_cf.jobs.convert")

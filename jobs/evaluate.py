@@ -15,14 +15,14 @@ import sys
 
 import numpy as np
 
-from spark_cf import cli, io
-from spark_cf.evaluation import format_table, ranking_metrics, regression_metrics
-from spark_cf.indexing import ITEM_IDX, USER_IDX, apply_index
-from spark_cf.ingest import ingest
-from spark_cf.model import load_model
-from spark_cf.recommend import RANK, predict, top_n
+from spark_cf import cli, storage
+from spark_cf.data.indexing import apply_index
+from spark_cf.data.ingest import ingest
+from spark_cf.model.persistence import load_model
+from spark_cf.outputs.evaluation import format_table, ranking_metrics, regression_metrics
+from spark_cf.outputs.recommend import predict, top_n
+from spark_cf.schema import ITEM, ITEM_IDX, RANK, RATING, USER, USER_IDX
 from spark_cf.session import build_session
-from spark_cf.validation import ITEM, RATING, USER
 
 
 def main(argv=None) -> int:
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
             exclude = None
             if args.exclude_from:
                 seen = (
-                    io.read_parquet(spark, args.exclude_from)
+                    storage.read_parquet(spark, args.exclude_from)
                     .select(cfg.input.user_col, cfg.input.item_col)
                     .toDF(USER, ITEM)
                 )

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 
 from spark_cf.cli import EXIT_OK, run, setup_logging
-from spark_cf.synthetic import SyntheticSpec, write_parquet
+from spark_cf.data.synthetic import SyntheticSpec, write_parquet
 
 log = logging.getLogger("spark_cf.jobs.generate")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from spark_cf import cli
-from spark_cf.pipeline import run_nightly
+from spark_cf.nightly.run import run_nightly
 from spark_cf.session import build_session
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import sys
 
-from spark_cf import cli, io, preflight
-from spark_cf.indexing import ITEM_IDX, USER_IDX, apply_index
-from spark_cf.ingest import ingest
-from spark_cf.model import load_model
-from spark_cf.pipeline import recommendations
+from spark_cf import cli, storage
+from spark_cf.data.indexing import apply_index
+from spark_cf.data.ingest import ingest
+from spark_cf.model.persistence import load_model
+from spark_cf.nightly import preflight
+from spark_cf.nightly.run import recommendations
+from spark_cf.schema import ITEM_IDX, USER_IDX
 from spark_cf.session import build_session
 
 
@@ -35,7 +37,7 @@ def main(argv=None) -> int:
                 ingested = ingest(spark, cfg.input)
                 rated = apply_index(ingested.ratings, model.index).select(USER_IDX, ITEM_IDX)
             recs, unknown = recommendations(spark, model, rated, cfg.recommend)
-            io.write_table(recs, args.output)
+            storage.write_table(recs, args.output)
             rows = spark.read.parquet(args.output).count()
         finally:
             spark.stop()

@@ -4,7 +4,7 @@
 
 Writes user_factors/, item_factors/ and metadata.json to --model-out (default
 <output.root>/model), replacing what was there only once the new model is complete
-(staged in <parent>/_staging/, see spark_cf.publish). Exit 0 on success, 2 on bad input or
+(staged in <parent>/_staging/, see spark_cf.outputs.publish). Exit 0 on success, 2 on bad input or
 config (one-line reason), 4 when another run is publishing the same --model-out (its lock
 names the owner), 1 on a crash.
 """
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import sys
 
-from spark_cf import cli, preflight
-from spark_cf.model import fit, save_model
-from spark_cf.pipeline import ingest_and_prepare, software_versions, stage
-from spark_cf.publish import Publication
+from spark_cf import cli
+from spark_cf.model.persistence import save_model
+from spark_cf.nightly import preflight
+from spark_cf.nightly.run import ingest_and_prepare, software_versions, stage
+from spark_cf.outputs.publish import Publication
 from spark_cf.session import build_session, recorded_config, settings_in_force
+from spark_cf.training.fit import fit
 
 
 def main(argv=None) -> int:

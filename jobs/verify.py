@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 
 from spark_cf import cli
-from spark_cf.pipeline import ingest_and_prepare
+from spark_cf.nightly.run import ingest_and_prepare
+from spark_cf.reference.verify import DEFAULT_TOLERANCE, verify
 from spark_cf.session import build_session
-from spark_cf.verify import DEFAULT_TOLERANCE, verify
 
 EXIT_MISMATCH = 3
 
@@ -27,12 +27,12 @@ def main(argv=None) -> int:
             help="largest relative difference of the lockstep check, and of the factors, "
             "costs and predictions of the trajectory check for gd/momentum/nesterov/adam "
             "(default 1e-9); lbfgs's trajectory check takes max(this, 1e-4) on the costs and "
-            "0.01 RMS on the predictions (see spark_cf.verify)",
+            "0.01 RMS on the predictions (see spark_cf.reference.verify)",
         )
         parser.add_argument(
             "--lockstep-only",
             action="store_true",
-            help="judge only the lockstep check (see spark_cf.verify)",
+            help="judge only the lockstep check (see spark_cf.reference.verify)",
         )
 
     def body(args, cfg) -> int:

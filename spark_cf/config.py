@@ -120,7 +120,7 @@ class OutputConfig:
 
     @property
     def lock_timeout_s(self) -> float:
-        """``lock_timeout_hours`` in seconds, as :mod:`spark_cf.publish` takes it."""
+        """``lock_timeout_hours`` in seconds, as :mod:`spark_cf.outputs.publish` takes it."""
         return self.lock_timeout_hours * 3600.0
 
 

@@ -12,11 +12,13 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from shared_evaluations import SharedEvaluations
+
 from spark_cf.config import Config
-from spark_cf.dataset import prepare
-from spark_cf.distributed import BlockedRatings, SharedEvaluations
-from spark_cf.params import Layout
-from spark_cf.verify import verify
+from spark_cf.data.prepare import prepare
+from spark_cf.reference.verify import verify
+from spark_cf.training.blocks import BlockedRatings
+from spark_cf.training.params import Layout
 
 GRIDS = [(1, 1), (2, 3), (4, 4)]
 OPTIMIZERS = {"gd": 0.002, "momentum": 0.001, "nesterov": 0.001, "adam": 0.01, "lbfgs": 1.0}
@@ -43,7 +45,7 @@ def run_matrix(ratings_df) -> list[dict]:
 
     For each variant and grid the ratings are blocked once, and the five optimisers train
     side by side in driver threads, sharing one Spark job per round of evaluations
-    (:class:`~spark_cf.distributed.SharedEvaluations`): 6 job sequences instead of 30.
+    (:class:`~spark_cf.training.blocks.SharedEvaluations`): 6 job sequences instead of 30.
     """
     rows = []
     for biases in VARIANTS:

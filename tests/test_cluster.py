@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from spark_cf.config import load_config
+from spark_cf.data.synthetic import SyntheticSpec, write_parquet
+from spark_cf.nightly.run import run_nightly
 from spark_cf.packaging import build_zip
-from spark_cf.pipeline import run_nightly
-from spark_cf.synthetic import SyntheticSpec, write_parquet
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cluster import StandaloneCluster, cluster_env  # noqa: E402

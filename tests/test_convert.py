@@ -1,4 +1,4 @@
-"""spark_cf.convert and jobs/convert.py: delimited text to ratings Parquet, with rejects."""
+"""spark_cf.data.convert and jobs/convert.py: delimited text to ratings Parquet, with rejects."""
 
 from __future__ import annotations
 
@@ -14,13 +14,7 @@ import pytest
 from chispa import assert_df_equality
 from conftest import shared_file
 
-from spark_cf.convert import (
-    FORMATS,
-    convert,
-    parse_columns,
-    read_delimited,
-    resolve_format,
-)
+from spark_cf.data.convert import FORMATS, convert, parse_columns, read_delimited, resolve_format
 from spark_cf.errors import ConfigError, InputError, SchemaError
 
 pytestmark = pytest.mark.spark

@@ -12,15 +12,19 @@ import numpy as np
 import pytest
 
 from spark_cf.config import Config
-from spark_cf.dataset import IS_VAL, prepare
-from spark_cf.distributed import MISS_STREAK, BlockedRatings, range_starts
+from spark_cf.data.prepare import prepare
+from spark_cf.data.synthetic import SyntheticSpec, write_parquet
 from spark_cf.errors import CheckpointError, DivergenceError
-from spark_cf.indexing import ITEM_IDX, USER_IDX
-from spark_cf.model import fit
-from spark_cf.params import Layout, initial_parameters
-from spark_cf.reference import biased_cost_and_gradients, cost_and_gradients, numerical_gradient
-from spark_cf.synthetic import SyntheticSpec, write_parquet
-from spark_cf.verify import LBFGS_TRAJECTORY_TOLERANCE
+from spark_cf.reference.numpy_cf import (
+    biased_cost_and_gradients,
+    cost_and_gradients,
+    numerical_gradient,
+)
+from spark_cf.reference.verify import LBFGS_TRAJECTORY_TOLERANCE
+from spark_cf.schema import IS_VAL, ITEM_IDX, USER_IDX
+from spark_cf.training.blocks import MISS_STREAK, BlockedRatings, range_starts
+from spark_cf.training.fit import fit
+from spark_cf.training.params import Layout, initial_parameters
 
 sys.path.insert(0, str(Path(__file__).parent))
 import parity_matrix  # noqa: E402
@@ -56,7 +60,7 @@ def check_matrix(rows: list[dict]) -> None:
         assert r["lockstep_rel_cost"] <= TOL, name
         assert r["lockstep_rel_grad"] <= TOL, name
         # The independent trajectories agree after 100 iterations (L-BFGS amplifies the
-        # rounding differences of the two summation orders: see spark_cf.verify).
+        # rounding differences of the two summation orders: see spark_cf.reference.verify).
         bound = TOL if r["optimizer"] != "lbfgs" else LBFGS_TRAJECTORY_TOLERANCE
         assert r["iterations_reference"] == r["iterations_spark"], name
         assert r["max_rel_cost"] <= bound, name
@@ -321,7 +325,7 @@ def test_blocks_from_the_worker_cache_or_from_spark_give_the_same_bits(ratings):
 
 
 def test_preconditioned_lbfgs_on_spark_follows_the_reference(small_data):
-    from spark_cf.verify import reference_for
+    from spark_cf.reference.verify import reference_for
 
     cfg = small_config(optimizer="lbfgs", lbfgs_precondition=True, max_iter=25)
     model, result = fit(small_data, cfg.model, cfg.train)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from spark_cf.evaluation import format_table, ranking_metrics, regression_metrics
+from spark_cf.outputs.evaluation import format_table, ranking_metrics, regression_metrics
 
 
 def test_regression_metrics_skip_nan_predictions():

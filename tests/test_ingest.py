@@ -12,12 +12,13 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from spark_cf import io
+from spark_cf import storage
 from spark_cf.config import InputConfig
-from spark_cf.dataset import IS_VAL, prepare, tag_holdout
+from spark_cf.data.indexing import apply_index, build_index
+from spark_cf.data.ingest import ingest
+from spark_cf.data.prepare import prepare, tag_holdout
 from spark_cf.errors import InputError, SchemaError
-from spark_cf.indexing import ITEM_IDX, USER_IDX, apply_index, build_index
-from spark_cf.ingest import ingest
+from spark_cf.schema import IS_VAL, ITEM_IDX, USER_IDX
 
 pytestmark = pytest.mark.spark
 
@@ -369,7 +370,7 @@ def test_files_differing_only_in_width_are_widened_and_logged(spark, tmp_path, c
     )
     pq.write_table(narrow, folder / "a.parquet")
     pq.write_table(wide, folder / "b.parquet")
-    with caplog.at_level("WARNING", logger="spark_cf.io"):
+    with caplog.at_level("WARNING", logger="spark_cf.storage"):
         result = ingest(spark, cfg(str(folder)))
     got = sorted((r.user_id, r.item_id, r.rating) for r in result.ratings.collect())
     assert got == [(1, 7, 4.0), (2, 8, 5.0), (3_000_000_000, 9, 2.5)]
@@ -440,5 +441,7 @@ def test_pandas_nanosecond_timestamps_are_read(spark, tmp_path):
     assert got == [(1, 1, 2.0, int(seconds[0])), (2, 1, 4.0, int(seconds[2]))]
     assert int(seconds[1]) == -1
     # the column itself is read to the microsecond
-    micros = io.read_parquet(spark, str(path)).select(F.unix_micros("ts").alias("us")).collect()
+    micros = (
+        storage.read_parquet(spark, str(path)).select(F.unix_micros("ts").alias("us")).collect()
+    )
     assert [r.us for r in micros] == (when.asi8 // 1000).tolist()

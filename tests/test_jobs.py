@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from spark_cf.data.synthetic import SyntheticSpec, write_parquet
 from spark_cf.packaging import build_zip
-from spark_cf.synthetic import SyntheticSpec, write_parquet
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,12 +14,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from spark_cf import publish
 from spark_cf.config import Config
+from spark_cf.data.synthetic import SyntheticSpec, write_parquet
 from spark_cf.errors import ModelError
-from spark_cf.model import load_model
-from spark_cf.pipeline import run_nightly
-from spark_cf.synthetic import SyntheticSpec, write_parquet
+from spark_cf.model.persistence import load_model
+from spark_cf.nightly.run import run_nightly
+from spark_cf.outputs import publish
 
 pytestmark = pytest.mark.spark
 

@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spark_cf import preflight
 from spark_cf.config import MAX_BLOCKS, MAX_BLOCKS_PER_SIDE, config_from_dict, load_config
 from spark_cf.errors import ConfigError, InputError, ModelError, PathError, SchemaError
-from spark_cf.pipeline import run_nightly
+from spark_cf.nightly import preflight
+from spark_cf.nightly.run import run_nightly
+from spark_cf.training.fit import warn_rank
 
 RATINGS = pa.table(
     {
@@ -53,9 +54,9 @@ def test_block_grids_beyond_the_bounds_are_refused_at_load_naming_the_key():
 
 
 def test_rank_above_the_users_or_items_is_warned_naming_both(caplog):
-    with caplog.at_level(logging.WARNING, logger="spark_cf.preflight"):
-        assert preflight.warn_rank(5, 40, 3)
-        assert not preflight.warn_rank(3, 40, 3)
+    with caplog.at_level(logging.WARNING, logger="spark_cf.training.fit"):
+        assert warn_rank(5, 40, 3)
+        assert not warn_rank(3, 40, 3)
     (record,) = caplog.records
     assert "model.rank = 5 exceeds the number of items (40 users, 3 items)" in record.getMessage()
 
@@ -149,8 +150,8 @@ def test_a_warm_start_model_of_another_rank_is_refused_before_the_ratings(spark,
 @pytest.mark.spark
 def test_fit_warns_when_the_rank_exceeds_the_items_it_indexed(spark, caplog):
     from spark_cf.config import ModelConfig, TrainConfig
-    from spark_cf.dataset import prepare
-    from spark_cf.model import fit
+    from spark_cf.data.prepare import prepare
+    from spark_cf.training.fit import fit
 
     data = prepare(
         spark.createDataFrame(RATINGS),
@@ -161,7 +162,7 @@ def test_fit_warns_when_the_rank_exceeds_the_items_it_indexed(spark, caplog):
         biases=False,
     )
     try:
-        with caplog.at_level(logging.WARNING, logger="spark_cf.preflight"):
+        with caplog.at_level(logging.WARNING, logger="spark_cf.training.fit"):
             fit(data, ModelConfig(rank=4), TrainConfig(max_iter=1, num_user_blocks=1))
     finally:
         data.ratings.unpersist()

@@ -1,4 +1,4 @@
-"""Publishing that two runs and a crash cannot break (spark_cf.publish), on real folders
+"""Publishing that two runs and a crash cannot break (spark_cf.outputs.publish), on real folders
 through the session's Hadoop file system: the lock, renames that never nest, a crash at
 every step of a publication (in process, and one real kill of another process), recovery
 by the next run, and no debris where a reader's glob looks."""
@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spark_cf import cli, io, publish
+from spark_cf import cli, storage
 from spark_cf.errors import LockError, PathError, PublishError
-from spark_cf.publish import Crash, Publication, Target
+from spark_cf.outputs import publish
+from spark_cf.outputs.publish import Crash, Publication, Target
 
 pytestmark = pytest.mark.spark
 
@@ -95,17 +96,17 @@ def test_rename_onto_an_existing_folder_is_refused_and_nests_nothing(spark, tmp_
     write_run(str(src), 2)
     write_run(str(dst), 1)
     with pytest.raises(PublishError, match="existing path"):
-        io.rename(spark, str(src), str(dst))
+        storage.rename(spark, str(src), str(dst))
     assert sorted(os.listdir(dst)) == ["_SUCCESS", "predictions"]  # nothing moved inside
     assert published_version(dst) == 1 and published_version(src) == 2
     # a job that meets this after its work exits 1 (the file system, not the input)
-    assert cli.run(lambda: io.rename(spark, str(src), str(dst))) == cli.EXIT_CRASH
+    assert cli.run(lambda: storage.rename(spark, str(src), str(dst))) == cli.EXIT_CRASH
 
 
 def test_rename_to_a_free_path_moves_the_folder(spark, tmp_path):
     src, dst = tmp_path / "staged", tmp_path / "deeper" / "run"
     write_run(str(src), 2)
-    io.rename(spark, str(src), str(dst))
+    storage.rename(spark, str(src), str(dst))
     assert not src.exists() and published_version(dst) == 2
 
 
@@ -114,7 +115,7 @@ def test_a_folder_holding_a_child_of_its_own_name_renames(spark, tmp_path):
     child is not a sign of nesting."""
     src, dst = tmp_path / "user_factors", tmp_path / "out" / "user_factors"
     write_run(str(src / "user_factors"), 3)
-    io.rename(spark, str(src), str(dst))
+    storage.rename(spark, str(src), str(dst))
     assert not src.exists() and published_version(dst / "user_factors") == 3
 
 
@@ -175,7 +176,7 @@ def test_crash_at_each_step_leaves_a_complete_run_and_the_next_run_no_debris(
         assert published_version(run) == (2 if step in ("swapped", "cleaned") else 1)
     for hits in glob_hits(root).values():  # no staged or aside table matches the globs
         assert all(h.startswith(str(run) + "/") for h in hits)
-    with caplog.at_level(logging.WARNING, logger="spark_cf.publish"):
+    with caplog.at_level(logging.WARNING, logger="spark_cf.outputs.publish"):
         with Publication(spark, str(run)):  # the next run's start recovers
             pass
     assert "taking over the stale lock" in caplog.text
@@ -214,8 +215,8 @@ def test_leftovers_of_the_old_layout_are_recovered(spark, tmp_path):
 
 def test_write_table_replaces_a_table_without_debris(spark, tmp_path):
     path = tmp_path / "tables" / "ratings.parquet"
-    io.write_table(spark.createDataFrame([(1, 2.0), (2, 3.0)], "u int, r double"), str(path))
-    io.write_table(spark.createDataFrame([(7, 1.0)], "u int, r double"), str(path))
+    storage.write_table(spark.createDataFrame([(1, 2.0), (2, 3.0)], "u int, r double"), str(path))
+    storage.write_table(spark.createDataFrame([(7, 1.0)], "u int, r double"), str(path))
     assert pq.read_table(str(path)).to_pylist() == [{"u": 7, "r": 1.0}]
     assert os.listdir(tmp_path / "tables") == ["ratings.parquet"]
 
@@ -244,7 +245,7 @@ def test_second_run_of_a_date_exits_4_naming_the_lock_while_the_first_holds_it(
     spark, tmp_path, capsys
 ):
     from spark_cf.config import Config
-    from spark_cf.pipeline import run_nightly
+    from spark_cf.nightly.run import run_nightly
 
     root = tmp_path / "out"
     ratings = tmp_path / "ratings.parquet"
@@ -279,7 +280,7 @@ def test_a_lock_of_a_live_process_is_refused_and_of_a_dead_one_taken_over(spark,
     finally:
         sleeper.kill()
         sleeper.wait()
-    with caplog.at_level(logging.WARNING, logger="spark_cf.publish"):
+    with caplog.at_level(logging.WARNING, logger="spark_cf.outputs.publish"):
         publish_run(spark, root, 1)
     assert f"process {sleeper.pid} on {socket.gethostname()} is gone" in caplog.text
     assert published_version(root / DATE) == 1

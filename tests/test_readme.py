@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from spark_cf.config import load_config
-from spark_cf.pipeline import run_nightly
-from spark_cf.synthetic import SyntheticSpec, write_parquet
+from spark_cf.data.synthetic import SyntheticSpec, write_parquet
+from spark_cf.nightly.run import run_nightly
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spark_cf.recommend import top_n_block
+from spark_cf.outputs.recommend import top_n_block
 
 
 def brute_force(scores: np.ndarray, excluded: set, n: int):

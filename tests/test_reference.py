@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spark_cf.optimizers import OptimizerSettings
-from spark_cf.params import Layout, initial_parameters
-from spark_cf.reference import (
+from spark_cf.reference.numpy_cf import (
     biased_cost_and_gradients,
     cost_and_gradients,
     fit_normalization,
     numerical_gradient,
     train_reference,
 )
+from spark_cf.training.optimizers import OptimizerSettings
+from spark_cf.training.params import Layout, initial_parameters
 
 # The course's small example: 4 movies x 3 users, 2 features.
 Y = np.array([[16, 2, 3], [5, 11, 10], [9, 7, 6], [4, 14, 15]], dtype=float)
@@ -244,7 +244,7 @@ def test_gd_tolerance_stops_early():
 
 
 def test_resume_after_a_run_that_stopped_at_a_checkpoint(tmp_path):
-    from spark_cf.training import CheckpointPolicy
+    from spark_cf.training.loop import CheckpointPolicy
 
     i, u, y, items, users = low_rank_ratings()
     kw = dict(
@@ -274,7 +274,7 @@ def test_resume_after_a_run_that_stopped_at_a_checkpoint(tmp_path):
 
 
 def test_row_preconditioner_is_one_over_the_rows_ratings_plus_one():
-    from spark_cf.params import row_preconditioner
+    from spark_cf.training.params import row_preconditioner
 
     layout = Layout(num_items=3, num_users=2, rank=2, biases=True)
     D = row_preconditioner(layout, np.array([0, 1, 4]), np.array([3, 0]))
@@ -285,8 +285,8 @@ def test_row_preconditioner_is_one_over_the_rows_ratings_plus_one():
 
 
 def test_preconditioned_lbfgs_starts_along_minus_d_times_the_gradient():
-    from spark_cf.optimizers import LBFGS, Evaluation
-    from spark_cf.params import row_preconditioner
+    from spark_cf.training.optimizers import LBFGS, Evaluation
+    from spark_cf.training.params import row_preconditioner
 
     layout = Layout(num_items=3, num_users=2, rank=2)
     D = row_preconditioner(layout, np.array([0, 1, 4]), np.array([3, 0]))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from spark_cf.config import load_config
-from spark_cf.model import fit
-from spark_cf.pipeline import ingest_and_prepare
-from spark_cf.synthetic import SyntheticSpec, write_parquet
+from spark_cf.data.synthetic import SyntheticSpec, write_parquet
+from spark_cf.nightly.run import ingest_and_prepare
+from spark_cf.training.fit import fit
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 GROUP = "spark-cf-kill-test"

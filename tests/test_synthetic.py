@@ -11,8 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spark_cf.errors import ConfigError
-from spark_cf.synthetic import (
+from spark_cf.data.synthetic import (
     ID_OFFSET,
     SyntheticSpec,
     generate_chunks,
@@ -20,6 +19,7 @@ from spark_cf.synthetic import (
     user_rating_counts,
     write_parquet,
 )
+from spark_cf.errors import ConfigError
 
 JOB = Path(__file__).resolve().parents[1] / "jobs" / "generate.py"
 
@@ -107,7 +107,7 @@ def test_same_seed_same_output_whatever_the_chunk_size(small: pa.Table) -> None:
 
 
 def test_determinism_across_user_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
-    import spark_cf.synthetic as synthetic
+    import spark_cf.data.synthetic as synthetic
 
     monkeypatch.setattr(synthetic, "RANGE_RATINGS", 500)  # force many user ranges
     spec = dataclasses.replace(SMALL, seed=3)

@@ -7,11 +7,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from spark_cf.indexing import IdIndex
-from spark_cf.model import CFModel
-from spark_cf.params import Layout
-from spark_cf.training import TrainResult
-from spark_cf.verify import Lockstep, compare
+from spark_cf.data.indexing import IdIndex
+from spark_cf.model.cf_model import CFModel
+from spark_cf.reference.verify import Lockstep, compare
+from spark_cf.training.loop import TrainResult
+from spark_cf.training.params import Layout
 
 NUM_ITEMS, NUM_USERS, RANK = 30, 40, 4
 
@@ -124,9 +124,9 @@ def test_a_different_final_cost_fails_when_factors_are_not_judged(setting):
 @pytest.mark.spark
 def test_verify_with_the_default_optimiser_judges_predictions_not_factors(spark, tmp_path):
     from spark_cf.config import Config
-    from spark_cf.pipeline import ingest_and_prepare
-    from spark_cf.synthetic import SyntheticSpec, write_parquet
-    from spark_cf.verify import LBFGS_PREDICTION_TOLERANCE, verify
+    from spark_cf.data.synthetic import SyntheticSpec, write_parquet
+    from spark_cf.nightly.run import ingest_and_prepare
+    from spark_cf.reference.verify import LBFGS_PREDICTION_TOLERANCE, verify
 
     path = tmp_path / "ratings.parquet"
     write_parquet(SyntheticSpec(num_users=60, num_items=40, num_ratings=900, seed=8), str(path))

@@ -6,13 +6,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from spark_cf.data.indexing import IdIndex
 from spark_cf.errors import ModelError
-from spark_cf.indexing import IdIndex
-from spark_cf.model import CFModel, warm_start_parameters
-from spark_cf.optimizers import OptimizerSettings, make_optimizer
-from spark_cf.params import Layout, initial_parameters
-from spark_cf.reference import ReferenceObjective
-from spark_cf.training import minimize
+from spark_cf.model.cf_model import CFModel
+from spark_cf.reference.numpy_cf import ReferenceObjective
+from spark_cf.training.fit import warm_start_parameters
+from spark_cf.training.loop import minimize
+from spark_cf.training.optimizers import OptimizerSettings, make_optimizer
+from spark_cf.training.params import Layout, initial_parameters
 
 
 def previous_model(rank: int = 2, biases: bool = True) -> CFModel:

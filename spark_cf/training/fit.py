@@ -1,73 +1,22 @@
-"""The fitted model and the function that fits it on Spark.
-
-Scoring rule (the same for every consumer of the saved tables)::
-
-    prediction(user j, item i) = theta_j . x_i + mean_i + b_i + b_j + global_mean
-
-``mean_i`` is the item's normalisation mean (0 with biases or without normalisation),
-``b_i``/``b_j`` the biases (0 without them), ``global_mean`` the biased model's centre
-(0 for the course's model). A user the model has never seen has ``theta = 0`` and
-``b_j = 0``, so gets ``mean_i + b_i + global_mean``: the item mean, the cold-start rule.
-"""
+"""Fit the model on Spark: block and cache the ratings, start, run the optimiser."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from spark_cf import preflight
 from spark_cf.config import ModelConfig, TrainConfig
-from spark_cf.dataset import TrainingData
-from spark_cf.distributed import BlockedRatings, choose_blocks
-from spark_cf.indexing import IdIndex
-from spark_cf.optimizers import OptimizerSettings, make_optimizer
-from spark_cf.params import Layout, initial_parameters, row_preconditioner
-from spark_cf.training import CheckpointPolicy, TrainResult, fingerprint_of, minimize
+from spark_cf.data.indexing import IdIndex
+from spark_cf.data.prepare import TrainingData
+from spark_cf.model.cf_model import CFModel
+from spark_cf.model.persistence import load_model
+from spark_cf.training.blocks import BlockedRatings, choose_blocks
+from spark_cf.training.loop import CheckpointPolicy, TrainResult, fingerprint_of, minimize
+from spark_cf.training.optimizers import OptimizerSettings, make_optimizer
+from spark_cf.training.params import Layout, initial_parameters, row_preconditioner
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CFModel:
-    """Item features, user parameters, biases and offsets, with the raw-id index."""
-
-    index: IdIndex
-    item_factors: np.ndarray  # (num_items, rank)
-    user_factors: np.ndarray  # (num_users, rank)
-    item_means: np.ndarray  # (num_items,) normalisation means, 0 when none
-    global_mean: float
-    item_bias: np.ndarray | None = None
-    user_bias: np.ndarray | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rank(self) -> int:
-        return int(self.item_factors.shape[1])
-
-    @property
-    def biases(self) -> bool:
-        return self.item_bias is not None
-
-    def item_offsets(self) -> np.ndarray:
-        """What every prediction of an item adds to ``theta . x``: mean + bias + global."""
-        out = self.item_means + self.global_mean
-        return out + self.item_bias if self.item_bias is not None else out
-
-    def predict_indices(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
-        """Predictions for dense indices; a user index of -1 is a user the model never saw."""
-        user_idx = np.asarray(user_idx, dtype=np.int64)
-        item_idx = np.asarray(item_idx, dtype=np.int64)
-        known = user_idx >= 0
-        out = self.item_offsets()[item_idx].astype(np.float64)
-        u, i = user_idx[known], item_idx[known]
-        dots = np.einsum("nk,nk->n", self.user_factors[u], self.item_factors[i])
-        if self.user_bias is not None:
-            dots = dots + self.user_bias[u]
-        out[known] += dots
-        return out
 
 
 def optimizer_settings(train: TrainConfig) -> OptimizerSettings:
@@ -106,7 +55,7 @@ def fit(
 
     Returns the model (on the driver) and the training result with its history.
     ``wrap_objective(f) -> f'`` may wrap the Spark objective (the parity check does).
-    ``callback`` and ``stop_when`` are passed to :func:`spark_cf.training.minimize`.
+    ``callback`` and ``stop_when`` are passed to :func:`spark_cf.training.loop.minimize`.
     ``blocks`` reuses ratings already blocked and cached (and leaves them cached).
     """
     if train_cfg.warm_start == "latest":
@@ -135,7 +84,7 @@ def fit(
     user_blocks, item_blocks = blocks.user_blocks, blocks.item_blocks
     try:
         layout = Layout(index.num_items, index.num_users, model_cfg.rank, model_cfg.biases)
-        preflight.warn_rank(model_cfg.rank, index.num_users, index.num_items)
+        warn_rank(model_cfg.rank, index.num_users, index.num_items)
         w0 = initial_parameters(layout, init_scale=model_cfg.init_scale, seed=model_cfg.seed)
         if train_cfg.warm_start:
             w0 = warm_start_parameters(
@@ -241,91 +190,18 @@ def warm_start_parameters(
     return w
 
 
-# ------------------------------------------------------------------ tables and round trip
-
-USER_FACTORS, ITEM_FACTORS, METADATA = "user_factors", "item_factors", "metadata.json"
-
-
-def _features_array(matrix: np.ndarray):
-    import pyarrow as pa
-
-    rows, rank = matrix.shape
-    offsets = pa.array(np.arange(0, (rows + 1) * rank, rank, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(matrix).ravel()))
-
-
-def factor_tables(model: CFModel):
-    """The model as two Arrow tables: user_factors and item_factors (see README)."""
-    import pyarrow as pa
-
-    users = {"user_id": model.index.user_ids, "features": _features_array(model.user_factors)}
-    items = {
-        "item_id": model.index.item_ids,
-        "features": _features_array(model.item_factors),
-        "mean": pa.array(model.item_means),
-    }
-    if model.biases:
-        users["bias"] = pa.array(model.user_bias)
-        items["bias"] = pa.array(model.item_bias)
-    return pa.table(users), pa.table(items)
-
-
-def save_model(spark, model: CFModel, path: str) -> None:
-    """Write ``path/user_factors``, ``path/item_factors`` (Parquet) and ``path/metadata.json``.
-
-    ``path`` is a staging folder: the caller publishes it as a whole
-    (:class:`spark_cf.publish.Publication`).
-    """
-    from spark_cf import io
-
-    users, items = factor_tables(model)
-    io.write_parquet(spark.createDataFrame(users), f"{path}/{USER_FACTORS}", partitions=1)
-    io.write_parquet(spark.createDataFrame(items), f"{path}/{ITEM_FACTORS}", partitions=1)
-    meta = dict(model.metadata)
-    meta.update(
-        rank=model.rank,
-        global_mean=model.global_mean,
-        biases=model.biases,
-        num_users=model.index.num_users,
-        num_items=model.index.num_items,
+def warn_rank(rank: int, num_users: int, num_items: int) -> bool:
+    """Log a warning when ``model.rank`` exceeds the number of users or of items (the
+    extra features can only fit noise); returns whether it warned."""
+    fewer = [name for name, n in (("users", num_users), ("items", num_items)) if n < rank]
+    if not fewer:
+        return False
+    log.warning(
+        "model.rank = %d exceeds the number of %s (%d users, %d items): the extra "
+        "features can only fit noise; lower model.rank",
+        rank,
+        " and ".join(fewer),
+        num_users,
+        num_items,
     )
-    io.write_json(spark, f"{path}/{METADATA}", meta)
-
-
-def _matrix(column, rank: int) -> np.ndarray:
-    import pyarrow as pa
-
-    flat = pa.concat_arrays([c.flatten() for c in column.chunks]) if column.num_chunks else []
-    return np.asarray(flat, dtype=np.float64).reshape(-1, rank)
-
-
-def load_model(spark, path: str) -> CFModel:
-    """Read a model written by :func:`save_model` back (rows ordered by raw id again)."""
-    import pyarrow.compute as pc
-
-    from spark_cf import io
-    from spark_cf.errors import ModelError
-
-    for part in (USER_FACTORS, ITEM_FACTORS, METADATA):
-        if not io.exists(spark, f"{path}/{part}"):
-            raise ModelError(f"no model at {path}: {part} is missing")
-    meta = io.read_json(spark, f"{path}/{METADATA}")
-    rank = int(meta["rank"])
-    users = spark.read.parquet(f"{path}/{USER_FACTORS}").toArrow()
-    items = spark.read.parquet(f"{path}/{ITEM_FACTORS}").toArrow()
-    users = users.take(pc.sort_indices(users, [("user_id", "ascending")]))
-    items = items.take(pc.sort_indices(items, [("item_id", "ascending")]))
-    biases = bool(meta["biases"])
-    index = IdIndex(
-        users.column("user_id").combine_chunks(), items.column("item_id").combine_chunks()
-    )
-    return CFModel(
-        index=index,
-        item_factors=_matrix(items.column("features"), rank),
-        user_factors=_matrix(users.column("features"), rank),
-        item_means=items.column("mean").to_numpy(),
-        global_mean=float(meta["global_mean"]),
-        item_bias=items.column("bias").to_numpy() if biases else None,
-        user_bias=users.column("bias").to_numpy() if biases else None,
-        metadata=meta,
-    )
+    return True

@@ -16,13 +16,12 @@ import numpy as np
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from spark_cf.indexing import ITEM_IDX, USER_IDX, IdIndex, apply_index, build_index
-from spark_cf.reference import Normalization
-from spark_cf.validation import ITEM, RATING, TIMESTAMP, USER
+from spark_cf.data.indexing import IdIndex, apply_index, build_index
+from spark_cf.model.normalization import Normalization
+from spark_cf.schema import IS_VAL, ITEM, ITEM_IDX, RATING, TIMESTAMP, USER, USER_IDX
 
 log = logging.getLogger(__name__)
 
-IS_VAL = "is_val"
 _HASH_SCALE = float(2**63)
 
 
@@ -54,7 +53,7 @@ def fit_normalization_spark(
     """Item means or the global mean over the training rows (``is_val`` false), exactly;
     an item without training rows gets the mean of all training rows.
 
-    Matches :func:`spark_cf.reference.fit_normalization` up to the last bit of the sums:
+    Matches :func:`spark_cf.reference.numpy_cf.fit_normalization` up to the last bit of the sums:
     ratings are summed as decimals, then divided once.
     """
     zeros = np.zeros(num_items)

@@ -15,7 +15,7 @@ their global mean, and ``reg/2 (sum b_i^2 + sum b_u^2)`` joins the cost.
 
 Update: every iteration computes both gradients from the same old X and Theta, then moves
 all parameters at once (simultaneous update) by the configured optimiser
-(:mod:`spark_cf.optimizers`). The loop stops after ``max_iter`` iterations, or when the
+(:mod:`spark_cf.training.optimizers`). The loop stops after ``max_iter`` iterations, or when the
 relative decrease ``(J_prev - J) / |J_prev|`` falls in ``[0, tol)``, or when the optimiser
 can make no progress. Divergence (a NaN or infinite cost or parameter, or under ``gd`` a
 cost that rises ``divergence_patience`` times in a row) raises
@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from spark_cf import io
+from spark_cf import storage
 from spark_cf.errors import DivergenceError
-from spark_cf.optimizers import Evaluation, Objective, Optimizer
+from spark_cf.training.optimizers import Evaluation, Objective, Optimizer
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,9 @@ def minimize(
     objective
         ``f(w) -> Evaluation``; on the Spark path each call is one Spark job.
     w0
-        The starting parameters (:func:`spark_cf.params.initial_parameters`).
+        The starting parameters (:func:`spark_cf.training.params.initial_parameters`).
     optimizer
-        A fresh optimiser from :func:`spark_cf.optimizers.make_optimizer`.
+        A fresh optimiser from :func:`spark_cf.training.optimizers.make_optimizer`.
     max_iter, tol, divergence_patience
         Stopping and divergence rules.
     checkpoint
@@ -134,7 +134,7 @@ def minimize(
     rises = 0
     state = None
     if checkpoint is not None and checkpoint.resume:
-        state = io.load_checkpoint(checkpoint.directory, fingerprint)
+        state = storage.load_checkpoint(checkpoint.directory, fingerprint)
     if state is not None:
         w = state["w"]
         iteration = int(state["iteration"])
@@ -216,7 +216,7 @@ def minimize(
         elif 0 <= decrease < tol:
             stop = "converged"
         if checkpoint is not None and checkpoint.every and iteration % checkpoint.every == 0:
-            io.save_checkpoint(
+            storage.save_checkpoint(
                 checkpoint.directory,
                 fingerprint,
                 {

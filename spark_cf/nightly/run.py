@@ -16,17 +16,19 @@ from typing import Any
 import numpy as np
 from pyspark.sql import functions as F
 
-from spark_cf import io, preflight
+from spark_cf import storage
 from spark_cf.config import Config, RecommendConfig
-from spark_cf.dataset import IS_VAL, TrainingData, prepare
-from spark_cf.evaluation import format_table, ranking_metrics, regression_metrics
-from spark_cf.indexing import ITEM_IDX, USER_IDX
-from spark_cf.ingest import IngestResult, ingest
-from spark_cf.model import CFModel, fit, save_model
-from spark_cf.publish import Publication
-from spark_cf.recommend import RANK, predict, top_n
+from spark_cf.data.ingest import IngestResult, ingest
+from spark_cf.data.prepare import TrainingData, prepare
+from spark_cf.model.cf_model import CFModel
+from spark_cf.model.persistence import save_model
+from spark_cf.nightly import preflight
+from spark_cf.outputs.evaluation import format_table, ranking_metrics, regression_metrics
+from spark_cf.outputs.publish import Publication
+from spark_cf.outputs.recommend import predict, top_n
+from spark_cf.schema import IS_VAL, ITEM, ITEM_IDX, RANK, RATING, USER, USER_IDX
 from spark_cf.session import recorded_config, settings_in_force
-from spark_cf.validation import ITEM, RATING, USER
+from spark_cf.training.fit import fit
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,6 @@ def ingest_and_prepare(
 
 
 # ------------------------------------------------------------------------- the nightly run
-
-TABLES = ("model", "predictions", "top_n", "quarantine")
 
 
 @dataclass
@@ -109,8 +109,8 @@ def resolve_warm_start(spark, cfg: Config, date: str | None = None) -> Config:
     root = cfg.output.root.rstrip("/")
     runs = [
         path
-        for path in io.glob(spark, f"{root}/run_date=*")
-        if path.rsplit("run_date=", 1)[1] < date and io.exists(spark, f"{path}/_SUCCESS")
+        for path in storage.glob(spark, f"{root}/run_date=*")
+        if path.rsplit("run_date=", 1)[1] < date and storage.exists(spark, f"{path}/_SUCCESS")
     ]
     if not runs:
         log.info("train.warm_start = latest: no earlier run under %s, random start", root)
@@ -198,7 +198,7 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
     The run's lock is taken first (:class:`~spark_cf.errors.LockError` when another run
     publishes the same date), the leftovers of crashed runs under ``output.root`` are
     recovered, everything is written to a hidden staging folder, ``_SUCCESS`` last, and
-    swapped in at the end (:mod:`spark_cf.publish`); a failure at any point leaves the
+    swapped in at the end (:mod:`spark_cf.outputs.publish`); a failure at any point leaves the
     published runs as they were.
     """
     preflight.check_nightly(spark, cfg)  # before the lock and before the ratings are read
@@ -275,7 +275,7 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
         }
         with stage("predict", timings):
             if cfg.predict.pairs:
-                pairs = io.read_parquet(spark, cfg.predict.pairs, ids=(USER, ITEM))
+                pairs = storage.read_parquet(spark, cfg.predict.pairs, ids=(USER, ITEM))
             else:
                 pairs = data.ratings.where(F.col(IS_VAL)).select(USER, ITEM)
             clip = (cfg.input.rating_min, cfg.input.rating_max) if cfg.predict.clip else None
@@ -287,16 +287,16 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                 clip=clip,
             )
             predictions = predictions.orderBy(USER, ITEM)
-            io.write_parquet(predictions, f"{staged}/predictions")
+            storage.write_parquet(predictions, f"{staged}/predictions")
         with stage("top_n", timings):
             # every rating the user gave (training and held-out) counts as rated
             rated = final_data.ratings.select(USER_IDX, ITEM_IDX)
             recs, unknown = recommendations(spark, model, rated, cfg.recommend)
-            io.write_parquet(recs, f"{staged}/top_n")
+            storage.write_parquet(recs, f"{staged}/top_n")
         with stage("publish", timings):
             save_model(spark, model, f"{staged}/model")
-            io.write_parquet(ingested.quarantine, f"{staged}/quarantine", partitions=1)
-            counts = io.row_counts(spark, staged, ("predictions", "top_n"))
+            storage.write_parquet(ingested.quarantine, f"{staged}/quarantine", partitions=1)
+            counts = storage.row_counts(spark, staged, ("predictions", "top_n"))
             metrics = {
                 "run_date": date,
                 "ingest": ingested.metrics(),
@@ -308,11 +308,11 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                 "timings_s": timings,
             }
             metrics["timings_s"]["total"] = round(time.perf_counter() - started, 3)
-            io.write_json(spark, f"{staged}/metrics.json", metrics)
+            storage.write_json(spark, f"{staged}/metrics.json", metrics)
             png = convergence_png(result.history)
             if png is not None:
-                io.write_bytes(spark, f"{staged}/convergence.png", png)
-            io.write_text(spark, f"{staged}/_SUCCESS", "")
+                storage.write_bytes(spark, f"{staged}/convergence.png", png)
+            storage.write_text(spark, f"{staged}/_SUCCESS", "")
             pub.commit()
         log.info(
             "published %s (%s)", final, ", ".join(f"{name} {n} rows" for name, n in counts.items())

@@ -1,21 +1,20 @@
 """The single-node NumPy reference: the same objective, written independently of the kernel.
 
 The Spark path computes its gradients block by block with sorted segment sums
-(:mod:`spark_cf.kernel`); this module sums them over all ratings at once with weighted
+(:mod:`spark_cf.training.kernel`); this module sums them over all ratings at once with weighted
 ``numpy.bincount``, so each checks the other. No Spark import here.
 
-The objective, gradients and update rules are documented in :mod:`spark_cf.training`.
+The objective, gradients and update rules are documented in :mod:`spark_cf.training.loop`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from spark_cf.optimizers import Evaluation, OptimizerSettings, make_optimizer
-from spark_cf.params import Layout, initial_parameters, row_preconditioner
-from spark_cf.training import CheckpointPolicy, TrainResult, fingerprint_of, minimize
+from spark_cf.model.normalization import Normalization
+from spark_cf.training.loop import CheckpointPolicy, TrainResult, fingerprint_of, minimize
+from spark_cf.training.optimizers import Evaluation, OptimizerSettings, make_optimizer
+from spark_cf.training.params import Layout, initial_parameters, row_preconditioner
 
 
 def _segment_sums(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
@@ -100,21 +99,6 @@ def predict(
     if layout.biases:
         out = out + layout.item_bias(w)[item_idx] + layout.user_bias(w)[user_idx]
     return out + offsets
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """What is subtracted from each rating before training and added back to predictions.
-
-    ``item_means`` per item (the course's model; 0 for items without ratings) and/or one
-    ``global_mean`` (the biased model). A prediction is ``... + item_means[i] + global_mean``.
-    """
-
-    item_means: np.ndarray
-    global_mean: float
-
-    def offsets(self, item_idx: np.ndarray) -> np.ndarray:
-        return self.item_means[item_idx] + self.global_mean
 
 
 def fit_normalization(
@@ -211,7 +195,8 @@ def train_reference(
     """Fit the model on raw ratings given as index arrays, single node.
 
     Normalises ``y`` (item means, or the global mean with biases), starts from
-    :func:`~spark_cf.params.initial_parameters`, and runs :func:`~spark_cf.training.minimize`.
+    :func:`~spark_cf.training.params.initial_parameters`, and runs
+    :func:`~spark_cf.training.loop.minimize`.
     ``validation`` holds raw ``(item_idx, user_idx, y)`` to score in the history.
     """
     layout = Layout(num_items, num_users, rank, biases)

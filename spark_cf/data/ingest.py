@@ -14,19 +14,17 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_cf import io
+from spark_cf import storage
 from spark_cf.config import InputConfig
-from spark_cf.errors import InputError
-from spark_cf.validation import (
-    ITEM,
-    REASON,
-    USER,
+from spark_cf.data.validation import (
     canonical,
     check_schema,
     duplicate_pairs,
     resolve_duplicates,
     tag_reasons,
 )
+from spark_cf.errors import InputError
+from spark_cf.schema import ITEM, REASON, USER
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +73,7 @@ def validate_ratings(df: DataFrame, cfg: InputConfig) -> IngestResult:
     check_schema(df, **cols)
     tagged = tag_reasons(df, rating_min=cfg.rating_min, rating_max=cfg.rating_max, **cols)
     tagged = tagged.persist(StorageLevel.MEMORY_AND_DISK)
-    with io.reading(cfg.path or "the ratings"):  # the first pass: a corrupt page shows here
+    with storage.reading(cfg.path or "the ratings"):  # the first pass: a corrupt page shows here
         counts = {row[REASON]: row["count"] for row in tagged.groupBy(REASON).count().collect()}
     rows_read = sum(counts.values())
     valid_rows = counts.pop(None, 0)
@@ -133,7 +131,7 @@ def read_ratings(spark: SparkSession, cfg: InputConfig) -> DataFrame:
         raise InputError(
             "input.path is empty: set it to the ratings Parquet (file, folder or glob)"
         )
-    return io.read_parquet(spark, cfg.path, ids=(cfg.user_col, cfg.item_col))
+    return storage.read_parquet(spark, cfg.path, ids=(cfg.user_col, cfg.item_col))
 
 
 def ingest(spark: SparkSession, cfg: InputConfig) -> IngestResult:

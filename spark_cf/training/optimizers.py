@@ -16,7 +16,7 @@ Rules (``g`` the gradient at the current ``w``, ``lr`` the learning rate, ``mu``
   Armijo condition (quadratic interpolation), curvature pairs kept only when ``s.y > 0``.
   It needs no learning rate. With ``lbfgs_precondition`` its initial inverse Hessian is
   diagonal, ``gamma D`` with ``D = 1 / (ratings of the row + 1)`` for every parameter of
-  an item's or a user's row (:func:`spark_cf.params.row_preconditioner`) and ``gamma =
+  an item's or a user's row (:func:`spark_cf.training.params.row_preconditioner`) and ``gamma =
   s.y / y.D.y``, instead of ``gamma I``: a row's curvature grows with its ratings, and on
   skewed data the scalar start can make L-BFGS crawl (measured on 1M generated ratings,
   biased model: held-out RMSE 0.59 after 18 iterations instead of 54; on ml-latest-small

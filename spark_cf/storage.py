@@ -2,7 +2,7 @@
 
 Paths go through Hadoop's FileSystem API (through the session's JVM), so the same code
 works on a local disk, HDFS or an object store. Publishing (staging, the lock, the swap
-into place and recovery after a crash) is :mod:`spark_cf.publish`, built on the
+into place and recovery after a crash) is :mod:`spark_cf.outputs.publish`, built on the
 primitives here.
 """
 
@@ -228,7 +228,7 @@ def read_json(spark, path: str) -> Any:
 
 
 def write_table(df, path: str, *, partitions: int | None = None) -> None:
-    """Write ``df`` as Parquet at ``path`` atomically (see :mod:`spark_cf.publish`).
+    """Write ``df`` as Parquet at ``path`` atomically (see :mod:`spark_cf.outputs.publish`).
 
     Parameters
     ----------
@@ -240,7 +240,7 @@ def write_table(df, path: str, *, partitions: int | None = None) -> None:
     partitions
         Coalesce to this many files first (small tables read better as few files).
     """
-    from spark_cf.publish import Publication
+    from spark_cf.outputs.publish import Publication
 
     with Publication(df.sparkSession, path) as pub:
         write_parquet(df, pub.staging, partitions=partitions)

@@ -32,15 +32,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from spark_cf.config import Config
-from spark_cf.dataset import IS_VAL, TrainingData
-from spark_cf.distributed import BlockedRatings
-from spark_cf.indexing import ITEM_IDX, USER_IDX
-from spark_cf.model import CFModel, fit, optimizer_settings
-from spark_cf.optimizers import Evaluation
-from spark_cf.params import Layout
-from spark_cf.reference import ReferenceObjective, train_reference
-from spark_cf.training import TrainResult
-from spark_cf.validation import RATING
+from spark_cf.data.prepare import TrainingData
+from spark_cf.model.cf_model import CFModel
+from spark_cf.reference.numpy_cf import ReferenceObjective, train_reference
+from spark_cf.schema import IS_VAL, ITEM_IDX, RATING, USER_IDX
+from spark_cf.training.blocks import BlockedRatings
+from spark_cf.training.fit import fit, optimizer_settings
+from spark_cf.training.loop import TrainResult
+from spark_cf.training.optimizers import Evaluation
+from spark_cf.training.params import Layout
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class ParityReport:
         )
 
     def lines(self) -> list[str]:
-        judged = "" if self.factors_judged else "  (not judged: see spark_cf.verify)"
+        judged = "" if self.factors_judged else "  (not judged: see spark_cf.reference.verify)"
         return [
             f"iterations          spark {self.iterations_spark}, reference "
             f"{self.iterations_reference}",
@@ -286,7 +286,7 @@ def verify(
     """Train on Spark (checked in lockstep) and with the reference alone, and compare.
 
     ``blocks`` reuses cached blocks; ``shared`` is a proxy of
-    :class:`~spark_cf.distributed.SharedEvaluations` to evaluate through (the parity
+    :class:`~spark_cf.training.blocks.SharedEvaluations` to evaluate through (the parity
     matrix runs several trainings per Spark job that way).
 
     ``trajectory_tolerance`` defaults to ``tolerance``; for L-BFGS, whose factors are not

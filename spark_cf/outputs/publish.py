@@ -1,6 +1,6 @@
 """Publishing a folder so that two runs and a crash cannot break it.
 
-Every publisher (the nightly run, ``jobs/train.py``, :func:`spark_cf.io.write_table`)
+Every publisher (the nightly run, ``jobs/train.py``, :func:`spark_cf.storage.write_table`)
 goes through :class:`Publication`. Beside a target ``<parent>/<name>`` (a nightly run is
 ``<root>/run_date=YYYY-MM-DD``) it keeps a hidden control folder::
 
@@ -50,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from spark_cf import io
+from spark_cf import storage
 from spark_cf.errors import LockError, PathError, PublishError
 
 log = logging.getLogger(__name__)
@@ -236,10 +236,14 @@ class Lock:
     def release(self) -> None:
         if self.owner.token not in _HELD:
             return
-        text = io.read_text(self.spark, self.path) if io.exists(self.spark, self.path) else ""
+        text = (
+            storage.read_text(self.spark, self.path)
+            if storage.exists(self.spark, self.path)
+            else ""
+        )
         current = LockOwner.parse(text)
         if current is not None and current.token == self.owner.token:
-            io.delete(self.spark, self.path)
+            storage.delete(self.spark, self.path)
         else:
             log.warning("lock %s was taken over by another run while held", self.path)
         _HELD.discard(self.owner.token)
@@ -278,15 +282,15 @@ def acquire(
     deadline = time.time() + wait_s
     breaks = 0
     while True:
-        if io.create_exclusive(spark, target.lock, text):
+        if storage.create_exclusive(spark, target.lock, text):
             _HELD.add(me.token)
             log.info("lock %s taken", target.lock)
             return Lock(spark, target.lock, me)
-        seen = io.read_text(spark, target.lock) if io.exists(spark, target.lock) else None
+        seen = storage.read_text(spark, target.lock) if storage.exists(spark, target.lock) else None
         if seen is None:
             continue  # released meanwhile
         owner = LockOwner.parse(seen)
-        modified = io.modification_time(spark, target.lock) or time.time()
+        modified = storage.modification_time(spark, target.lock) or time.time()
         age = time.time() - (owner.started_at if owner else modified)
         reason = _stale_reason(owner, age, timeout_s)
         if reason is None:
@@ -315,14 +319,14 @@ def _break(spark, path: str, seen: str) -> None:
     two runs breaking it only one succeeds)."""
     moved = f"{path}.stale-{uuid.uuid4().hex[:12]}"
     try:
-        io.rename(spark, path, moved)
+        storage.rename(spark, path, moved)
     except PublishError:
         return  # another run broke it first
-    if io.read_text(spark, moved) == seen:
-        io.delete(spark, moved)
+    if storage.read_text(spark, moved) == seen:
+        storage.delete(spark, moved)
         return
     try:  # another run had taken it over meanwhile: give it back, never delete it
-        io.rename(spark, moved, path)
+        storage.rename(spark, moved, path)
     except PublishError:
         raise LockError(
             f"the lock {path} changed hands while it was being taken over; its new owner's "
@@ -340,22 +344,22 @@ def recover(spark, target: Target) -> None:
     staging folders, broken locks (a minute old: a younger one may be another run's lock
     on its way back, see :func:`_break`), and the same leftovers of the earlier layout.
     """
-    final_exists = io.exists(spark, target.final)
-    asides = [target.aside] if io.exists(spark, target.aside) else []
+    final_exists = storage.exists(spark, target.final)
+    asides = [target.aside] if storage.exists(spark, target.aside) else []
     asides += [f"{target.parent}/{n}" for n in _legacy(spark, target, old=True)]
     for aside in asides:
         if not final_exists:
             log.warning(
                 "restoring %s from %s (a run crashed while replacing it)", target.final, aside
             )
-            io.rename(spark, aside, target.final)
+            storage.rename(spark, aside, target.final)
             final_exists = True
         else:
             log.info("removing %s, the previous copy left by a crashed run", aside)
-            io.delete(spark, aside)
+            storage.delete(spark, aside)
     debris = [
         f"{target.control}/{n}"
-        for n in io.list_names(spark, target.control)
+        for n in storage.list_names(spark, target.control)
         if (m := _ENTRY.match(n))
         and m["name"] == target.name
         and m["kind"] not in ("lock", "aside")
@@ -363,26 +367,28 @@ def recover(spark, target: Target) -> None:
     debris += [f"{target.parent}/{n}" for n in _legacy(spark, target, old=False)]
     for path in debris:
         if ".lock.stale-" in path:
-            modified = io.modification_time(spark, path)
+            modified = storage.modification_time(spark, path)
             if modified is not None and time.time() - modified < UNREADABLE_GRACE_S:
                 continue
         log.info("removing %s, left by a crashed run", path)
-        io.delete(spark, path)
+        storage.delete(spark, path)
 
 
 def _legacy(spark, target: Target, *, old: bool) -> list[str]:
     """The earlier layout's ``_staging-<name>-<hex>`` (``old``: ``...-old``) folders."""
     return [
         n
-        for n in io.list_names(spark, target.parent)
+        for n in storage.list_names(spark, target.parent)
         if (m := _LEGACY.match(n)) and m["name"] == target.name and bool(m["old"]) == old
     ]
 
 
 def _others(spark, target: Target) -> list[str]:
     """The other targets of ``target.parent`` that have leftovers."""
-    names = {m["name"] for n in io.list_names(spark, target.control) if (m := _ENTRY.match(n))}
-    names |= {m["name"] for n in io.list_names(spark, target.parent) if (m := _LEGACY.match(n))}
+    names = {m["name"] for n in storage.list_names(spark, target.control) if (m := _ENTRY.match(n))}
+    names |= {
+        m["name"] for n in storage.list_names(spark, target.parent) if (m := _LEGACY.match(n))
+    }
     names.discard(target.name)
     return sorted(names)
 
@@ -454,20 +460,20 @@ class Publication:
         """Swap the staging folder in at the target (the previous folder is deleted)."""
         spark, t = self.spark, self.target
         _step("staged")
-        if not io.exists(spark, self.staging):
+        if not storage.exists(spark, self.staging):
             raise PublishError(f"nothing was written to {self.staging}: nothing to publish")
-        if io.exists(spark, t.final):
-            io.rename(spark, t.final, t.aside)
+        if storage.exists(spark, t.final):
+            storage.rename(spark, t.final, t.aside)
             _step("aside")
             try:
-                io.rename(spark, self.staging, t.final)
+                storage.rename(spark, self.staging, t.final)
             except Exception:
-                io.rename(spark, t.aside, t.final)
+                storage.rename(spark, t.aside, t.final)
                 raise
             _step("swapped")
-            io.delete(spark, t.aside)
+            storage.delete(spark, t.aside)
         else:
-            io.rename(spark, self.staging, t.final)
+            storage.rename(spark, self.staging, t.final)
             _step("swapped")
         self.committed = True
         log.info("published %s", t.final)
@@ -482,9 +488,9 @@ class Publication:
 
     def _release(self) -> None:
         try:
-            io.delete(self.spark, self.staging)
+            storage.delete(self.spark, self.staging)
         finally:
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
-            io.delete_if_empty(self.spark, self.target.control)
+            storage.delete_if_empty(self.spark, self.target.control)

@@ -6,7 +6,7 @@ in range ``b_i`` as compact NumPy arrays (built once, cached by Spark). An evalu
 the objective at ``w``:
 
 1. broadcasts ``w`` (X, Theta and the biases, one float64 vector);
-2. runs the per-block kernel (:func:`spark_cf.kernel.block_gradients`) on every block. A
+2. runs the per-block kernel (:func:`spark_cf.training.kernel.block_gradients`) on every block. A
    Python worker keeps each block it has prepared, and the job's tasks carry only block
    ids; the blocks a worker has not seen yet (the first evaluation, a new or restarted
    worker) are then evaluated by a second job over Spark's cached blocks, which ships
@@ -15,7 +15,7 @@ the objective at ``w``:
 3. collects the partial sums and adds them on the driver *in block order*, so the result
    does not depend on which task finished first or how many cores there are;
 4. adds the regularisation, destroys the broadcast and returns an
-   :class:`~spark_cf.optimizers.Evaluation`.
+   :class:`~spark_cf.training.optimizers.Evaluation`.
 
 No lineage grows across iterations: each job reads the same cached RDD.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import uuid
 from collections.abc import Iterator, Sequence
 
@@ -33,13 +32,11 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_cf import kernel
-from spark_cf.dataset import IS_VAL
-from spark_cf.indexing import ITEM_IDX, USER_IDX
-from spark_cf.optimizers import Evaluation
-from spark_cf.params import Layout
-from spark_cf.reference import Normalization
-from spark_cf.validation import RATING
+from spark_cf.model.normalization import Normalization
+from spark_cf.schema import IS_VAL, ITEM_IDX, RATING, USER_IDX
+from spark_cf.training import kernel
+from spark_cf.training.optimizers import Evaluation
+from spark_cf.training.params import Layout
 
 log = logging.getLogger(__name__)
 
@@ -369,56 +366,3 @@ class SparkObjective:
         u = range_starts(b.num_users, b.user_blocks)
         i = range_starts(b.num_items, b.item_blocks)
         return (int(u[b_u]), int(u[b_u + 1])), (int(i[b_i]), int(i[b_i + 1]))
-
-
-class SharedEvaluations:
-    """Lets several trainings over the same blocks share Spark jobs.
-
-    Each training (in its own driver thread) evaluates through :meth:`proxy`; once every
-    training still running is waiting for an evaluation, one Spark job evaluates all their
-    points (:meth:`SparkObjective.evaluate_many`). A training that ends calls :meth:`done`.
-    The results are exactly those of separate jobs: each point is summed on its own.
-    """
-
-    def __init__(self, objective: SparkObjective, runs: int) -> None:
-        self.objective = objective
-        self.active = runs
-        self.jobs = 0
-        self._pending: dict[object, np.ndarray] = {}
-        self._results: dict[object, object] = {}
-        self._cond = threading.Condition()
-
-    def proxy(self, key: object):
-        """The objective for the training called ``key``."""
-
-        def evaluate(w: np.ndarray) -> Evaluation:
-            with self._cond:
-                self._pending[key] = w
-                self._run_if_all_waiting()
-                while key not in self._results:
-                    self._cond.wait()
-                result = self._results.pop(key)
-            if isinstance(result, BaseException):
-                raise result
-            return result
-
-        return evaluate
-
-    def done(self) -> None:
-        """Say that one training has ended (successfully or not)."""
-        with self._cond:
-            self.active -= 1
-            self._run_if_all_waiting()
-
-    def _run_if_all_waiting(self) -> None:
-        if not self._pending or len(self._pending) < self.active:
-            return
-        keys = list(self._pending)
-        points = [self._pending.pop(k) for k in keys]
-        try:
-            results: list = self.objective.evaluate_many(points)
-        except Exception as exc:  # every waiting training gets the failure
-            results = [exc] * len(keys)
-        self.jobs += 1
-        self._results.update(zip(keys, results))
-        self._cond.notify_all()

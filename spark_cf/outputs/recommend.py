@@ -1,6 +1,6 @@
 """Predictions for (user, item) pairs and top-N lists, as Spark transforms over a model.
 
-Both score with the rule in :mod:`spark_cf.model`. Top-N is computed by blocks of
+Both score with the rule in :mod:`spark_cf.model.cf_model`. Top-N is computed by blocks of
 ``block_size`` users, one Spark task each: the task scores a slice of its users against
 every item with one matrix product (at most :data:`MAX_SCORES` scores at a time, so no
 task holds the whole score matrix) and a compiled pass keeps each user's best N. Ties are
@@ -20,11 +20,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_type
 
-from spark_cf.indexing import ITEM_IDX, USER_IDX
-from spark_cf.model import CFModel
-from spark_cf.validation import ITEM, USER
+from spark_cf.model.cf_model import CFModel
+from spark_cf.schema import ITEM, ITEM_IDX, PREDICTION, RANK, SCORE, USER, USER_IDX
 
-PREDICTION, RANK, SCORE = "prediction", "rank", "score"
 #: scores computed at once per task by the top-N (a float64 matrix of 128 MB)
 MAX_SCORES = 1 << 24
 # Numba caches compiled code beside this file; from a zip each worker compiles once.

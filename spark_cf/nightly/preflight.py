@@ -13,7 +13,7 @@ import os
 import tempfile
 import uuid
 
-from spark_cf import io
+from spark_cf import storage
 from spark_cf.config import Config, ModelConfig, TrainConfig
 from spark_cf.errors import (
     ModelError,
@@ -22,7 +22,7 @@ from spark_cf.errors import (
     SparkCFError,
     spark_error_message,
 )
-from spark_cf.validation import ITEM, USER
+from spark_cf.schema import ITEM, USER
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,13 @@ def _probe(spark, path: str) -> str:
     through Hadoop's FileSystem, then a hidden probe file created and deleted in it."""
     probe = f"{path.rstrip('/')}/{PROBE_PREFIX}{uuid.uuid4().hex[:12]}"
     try:
-        fs, hpath = io._hadoop(spark, path)
+        fs, hpath = storage._hadoop(spark, path)
         if fs.exists(hpath) and not fs.getFileStatus(hpath).isDirectory():
             return "is a file, not a folder"
         if not fs.mkdirs(hpath):
             return "cannot be created"
-        io.write_text(spark, probe, "")
-        io.delete(spark, probe)
+        storage.write_text(spark, probe, "")
+        storage.delete(spark, probe)
     except Exception as exc:  # noqa: BLE001 - Py4J raises the Java exception as is
         log.debug("probe of %s failed", path, exc_info=True)
         return f"is not writable ({spark_error_message(exc)})"
@@ -101,16 +101,16 @@ def check_model(spark, key: str, path: str, rank: int) -> None:
     ModelError
         A part is missing, the metadata cannot be read, or the rank is not ``rank``.
     """
-    from spark_cf.model import ITEM_FACTORS, METADATA, USER_FACTORS
+    from spark_cf.schema import ITEM_FACTORS, METADATA, USER_FACTORS
 
     for part in (USER_FACTORS, ITEM_FACTORS, METADATA):
-        if not io.exists(spark, f"{path}/{part}"):
+        if not storage.exists(spark, f"{path}/{part}"):
             raise ModelError(
                 f"{key} = {path} is not a model: {part} is missing (give the model folder "
                 f"of a published run, e.g. output/run_date=2026-11-24/model)"
             )
     try:
-        saved = int(io.read_json(spark, f"{path}/{METADATA}")["rank"])
+        saved = int(storage.read_json(spark, f"{path}/{METADATA}")["rank"])
     except Exception as exc:  # noqa: BLE001 - unreadable JSON, no rank, or an I/O error
         raise ModelError(f"{key} = {path}: cannot read {METADATA} ({exc})") from None
     if saved != rank:
@@ -124,7 +124,7 @@ def check_model(spark, key: str, path: str, rank: int) -> None:
 def check_pairs(spark, key: str, path: str) -> None:
     """``path`` is readable Parquet with the id columns ``user_id`` and ``item_id``."""
     try:
-        columns = io.read_parquet(spark, path).columns
+        columns = storage.read_parquet(spark, path).columns
     except SparkCFError as exc:
         raise type(exc)(f"{key}: {exc}") from None
     missing = [c for c in (USER, ITEM) if c not in columns]
@@ -146,26 +146,9 @@ def check_training(spark, model: ModelConfig, train: TrainConfig) -> None:
 
 
 def check_nightly(spark, cfg: Config) -> None:
-    """Everything :func:`spark_cf.pipeline.run_nightly` writes or reads after the ratings:
+    """Everything :func:`spark_cf.nightly.run.run_nightly` writes or reads after the ratings:
     ``output.root``, the checkpoint folder, the warm-start model and ``predict.pairs``."""
     check_writable(spark, "output.root", cfg.output.root)
     check_training(spark, cfg.model, cfg.train)
     if cfg.predict.pairs:
         check_pairs(spark, "predict.pairs", cfg.predict.pairs)
-
-
-def warn_rank(rank: int, num_users: int, num_items: int) -> bool:
-    """Log a warning when ``model.rank`` exceeds the number of users or of items (the
-    extra features can only fit noise); returns whether it warned."""
-    fewer = [name for name, n in (("users", num_users), ("items", num_items)) if n < rank]
-    if not fewer:
-        return False
-    log.warning(
-        "model.rank = %d exceeds the number of %s (%d users, %d items): the extra "
-        "features can only fit noise; lower model.rank",
-        rank,
-        " and ".join(fewer),
-        num_users,
-        num_items,
-    )
-    return True

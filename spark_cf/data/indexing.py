@@ -16,9 +16,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_cf.validation import ITEM, USER
-
-USER_IDX, ITEM_IDX = "user_idx", "item_idx"
+from spark_cf.schema import ITEM, ITEM_IDX, USER, USER_IDX
 
 
 @dataclass(frozen=True)

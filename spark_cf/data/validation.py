@@ -3,7 +3,7 @@
 The functions here are pure transforms (DataFrame in, DataFrame out, no action), except
 :func:`check_schema`, which only looks at the schema. Rows are never dropped silently:
 each is either used, quarantined with a ``reason``, or merged into a duplicate pair
-(counted by :mod:`spark_cf.ingest`).
+(counted by :mod:`spark_cf.data.ingest`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from spark_cf.errors import SchemaError
-
-#: The canonical column names after ingest (the output tables use these too).
-USER, ITEM, RATING, TIMESTAMP = "user_id", "item_id", "rating", "timestamp"
-REASON = "reason"
+from spark_cf.schema import ITEM, RATING, REASON, TIMESTAMP, USER
 
 ID_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.StringType)
 RATING_TYPES = (

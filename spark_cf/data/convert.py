@@ -34,7 +34,7 @@ from types import MappingProxyType
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_cf import io
+from spark_cf import storage
 from spark_cf.errors import ConfigError, InputError, SchemaError
 
 log = logging.getLogger(__name__)
@@ -376,7 +376,7 @@ def split_checked(checked: DataFrame) -> ParsedRatings:
 
 
 def _checked(spark: SparkSession, path: str, layout: DelimitedFormat) -> DataFrame:
-    if not io.matches_any(spark, path):
+    if not storage.matches_any(spark, path):
         raise InputError(f"input path {path} does not exist (or the glob matches nothing)")
     lines = spark.read.text(path).select("value", F.col("_metadata.file_path").alias("source_file"))
     plan = _plan(path, lines, layout)
@@ -529,18 +529,18 @@ def convert(
             )
         if counts["rows_written"] == 0:
             if rows_rejected:
-                io.write_table(parsed.rejects, rejects_path, partitions=1)
+                storage.write_table(parsed.rejects, rejects_path, partitions=1)
                 raise InputError(
                     f"no line of {src} is a usable rating ({rows_rejected} rejected, see "
                     f"{rejects_path}): check --format, --delimiter, --header and --columns"
                 )
             raise InputError(f"input {src} holds no ratings")
-        io.write_table(parsed.ratings, dst, partitions=partitions)
+        storage.write_table(parsed.ratings, dst, partitions=partitions)
         if rows_rejected:
-            io.write_table(parsed.rejects, rejects_path, partitions=1)
-        elif io.exists(spark, rejects_path):
+            storage.write_table(parsed.rejects, rejects_path, partitions=1)
+        elif storage.exists(spark, rejects_path):
             log.info("no rejects: deleting the old rejects table %s", rejects_path)
-            io.delete(spark, rejects_path)
+            storage.delete(spark, rejects_path)
     finally:
         checked.unpersist()
     log.info(

@@ -1,0 +1,2 @@
+"""The model: factors and offsets with the one scoring rule, the normalisation, and the
+model on disk."""

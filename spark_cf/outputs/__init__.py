@@ -1,0 +1,1 @@
+"""Outputs: predictions and top-N lists, evaluation metrics, and atomic publishing."""
