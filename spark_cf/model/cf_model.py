@@ -1,13 +1,11 @@
 """The fitted model: factors, offsets, the raw-id index, and the one scoring rule.
 
-Scoring rule (the same for every consumer of the saved tables)::
+The rule is :mod:`spark_cf.model.scoring`'s (its docstring states it); the model only
+holds the arrays it reads::
 
-    prediction(user j, item i) = theta_j . x_i + mean_i + b_i + b_j + global_mean
+    prediction(user j, item i) = theta_j . x_i + b_j + mean_i + global_mean + b_i
 
-``mean_i`` is the item's normalisation mean (0 with biases or without normalisation),
-``b_i``/``b_j`` the biases (0 without them), ``global_mean`` the biased model's centre
-(0 for the course's model). A user the model has never seen has ``theta = 0`` and
-``b_j = 0``, so gets ``mean_i + b_i + global_mean``: the item mean, the cold-start rule.
+A user the model has never seen gets ``mean_i + global_mean + b_i``: the cold-start rule.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from spark_cf.data.indexing import IdIndex
+from spark_cf.model import scoring
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +44,19 @@ class CFModel:
         return self.item_bias is not None
 
     def item_offsets(self) -> np.ndarray:
-        """What every prediction of an item adds to ``theta . x``: mean + bias + global."""
-        out = self.item_means + self.global_mean
-        return out + self.item_bias if self.item_bias is not None else out
+        """What every prediction of an item adds to ``theta . x + b_user``:
+        mean + global mean + bias (:func:`spark_cf.model.scoring.item_offsets`)."""
+        return scoring.item_offsets(self.item_means, self.global_mean, self.item_bias)
 
     def predict_indices(self, user_idx: np.ndarray, item_idx: np.ndarray) -> np.ndarray:
-        """Predictions for dense indices; a user index of -1 is a user the model never saw."""
-        user_idx = np.asarray(user_idx, dtype=np.int64)
-        item_idx = np.asarray(item_idx, dtype=np.int64)
-        known = user_idx >= 0
-        out = self.item_offsets()[item_idx].astype(np.float64)
-        u, i = user_idx[known], item_idx[known]
-        dots = np.einsum("nk,nk->n", self.user_factors[u], self.item_factors[i])
-        if self.user_bias is not None:
-            dots = dots + self.user_bias[u]
-        out[known] += dots
-        return out
+        """Predictions for dense indices (:func:`spark_cf.model.scoring.score_pairs`); a
+        user index of -1 is a user the model never saw (cold start), an item index of -1
+        an item it never saw (NaN)."""
+        return scoring.score_pairs(
+            self.user_factors,
+            self.user_bias,
+            self.item_factors,
+            self.item_offsets(),
+            user_idx,
+            item_idx,
+        )

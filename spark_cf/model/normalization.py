@@ -6,17 +6,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spark_cf.model.scoring import item_offsets
+
 
 @dataclass(frozen=True)
 class Normalization:
     """What is subtracted from each rating before training and added back to predictions.
 
-    ``item_means`` per item (the course's model; 0 for items without ratings) and/or one
-    ``global_mean`` (the biased model). A prediction is ``... + item_means[i] + global_mean``.
+    ``item_means`` per item (the course's model; the mean of all training ratings for
+    items without one) and/or one ``global_mean`` (the biased model). A prediction adds
+    back ``item_means[i] + global_mean``: the scoring rule's offset without the bias
+    (:func:`spark_cf.model.scoring.item_offsets`).
     """
 
     item_means: np.ndarray
     global_mean: float
 
     def offsets(self, item_idx: np.ndarray) -> np.ndarray:
-        return self.item_means[item_idx] + self.global_mean
+        """``item_means[i] + global_mean`` for each index of ``item_idx``."""
+        return item_offsets(self.item_means, self.global_mean)[item_idx]

@@ -1,6 +1,7 @@
 """Predictions for (user, item) pairs and top-N lists, as Spark transforms over a model.
 
-Both score with the rule in :mod:`spark_cf.model.cf_model`. Top-N is computed by blocks of
+Both score with the one rule, :mod:`spark_cf.model.scoring` (predictions with its
+pairwise form, top-N with its matrix form). Top-N is computed by blocks of
 ``block_size`` users, one Spark task each: the task scores a slice of its users against
 every item with one matrix product (at most :data:`MAX_SCORES` scores at a time, so no
 task holds the whole score matrix) and a compiled pass keeps each user's best N. Ties are
@@ -9,6 +10,7 @@ broken by the smaller item index (= the smaller raw id), so the output is determ
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -20,8 +22,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_type
 
+from spark_cf.config import RecommendConfig
+from spark_cf.data.indexing import IdIndex, apply_index
 from spark_cf.model.cf_model import CFModel
+from spark_cf.model.scoring import score_block, score_pairs
 from spark_cf.schema import ITEM, ITEM_IDX, PREDICTION, RANK, SCORE, USER, USER_IDX
+
+log = logging.getLogger(__name__)
 
 #: scores computed at once per task by the top-N (a float64 matrix of 128 MB)
 MAX_SCORES = 1 << 24
@@ -34,7 +41,7 @@ _CACHE = os.path.isfile(__file__)
 
 def top_n_block(
     user_factors: np.ndarray,
-    user_bias: np.ndarray,
+    user_bias: np.ndarray | None,
     item_factors: np.ndarray,
     item_offsets: np.ndarray,
     rated_rows: np.ndarray,
@@ -44,12 +51,12 @@ def top_n_block(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-``n`` items for each user of a block (rows of ``user_factors``).
 
-    ``rated_rows``/``rated_items`` list the (row, item) pairs to exclude. Scores are
-    ``user_factors @ item_factors.T + item_offsets + user_bias`` (one matrix product for
-    at most ``max_scores`` scores at a time); a compiled pass keeps each row's best ``n``,
-    ordered by score, ties to the smaller item index. Returns (items, scores, counts):
-    (rows, n) arrays whose row ``r`` is filled up to ``counts[r]`` (less than ``n`` only
-    when the user has fewer than ``n`` items left).
+    ``rated_rows``/``rated_items`` list the (row, item) pairs to exclude. Scores are the
+    rule's matrix form (:func:`spark_cf.model.scoring.score_block`, at most
+    ``max_scores`` scores at a time; ``user_bias`` None without biases); a compiled
+    pass keeps each row's best ``n``, ordered by score, ties to the smaller item index.
+    Returns (items, scores, counts): (rows, n) arrays whose row ``r`` is filled up to
+    ``counts[r]`` (less than ``n`` only when the user has fewer than ``n`` items left).
     """
     rows = user_factors.shape[0]
     num_items = item_factors.shape[0]
@@ -61,9 +68,8 @@ def top_n_block(
     rated_rows, rated_items = rated_rows[order], rated_items[order]
     for start in range(0, rows, step):
         stop = min(start + step, rows)
-        scores = user_factors[start:stop] @ item_factors.T
-        scores += item_offsets
-        scores += user_bias[start:stop, None]
+        bias = user_bias[start:stop] if user_bias is not None else None
+        scores = score_block(user_factors[start:stop], bias, item_factors, item_offsets)
         lo, hi = np.searchsorted(rated_rows, [start, stop])
         scores[rated_rows[lo:hi] - start, rated_items[lo:hi]] = -np.inf
         _select_top(scores, best_i[start:stop], best_s[start:stop], counts[start:stop])
@@ -99,23 +105,9 @@ def _select_top(scores, out_i, out_s, counts):  # pragma: no cover
         counts[r] = cnt
 
 
-def score_pairs(model_arrays: tuple, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Scores of index pairs; -1 marks an unknown user (cold start) or item (NaN)."""
-    theta, user_bias, x, item_offsets = model_arrays
-    out = np.full(users.shape, np.nan)
-    known_item = items >= 0
-    out[known_item] = item_offsets[items[known_item]]
-    both = known_item & (users >= 0)
-    u, i = users[both], items[both]
-    out[both] += np.einsum("nk,nk->n", theta[u], x[i]) + user_bias[u]
-    return out
-
-
 def _model_arrays(model: CFModel) -> tuple:
-    user_bias = (
-        model.user_bias if model.user_bias is not None else np.zeros(len(model.user_factors))
-    )
-    return model.user_factors, user_bias, model.item_factors, model.item_offsets()
+    """What the Spark tasks need of the model: (Theta, user bias or None, X, offsets)."""
+    return model.user_factors, model.user_bias, model.item_factors, model.item_offsets()
 
 
 # ---------------------------------------------------------------------- Spark transforms
@@ -157,7 +149,7 @@ def predict(
         for batch in batches:
             users = batch.column(USER_IDX).to_numpy().astype(np.int64)
             items = batch.column(ITEM_IDX).to_numpy().astype(np.int64)
-            values = score_pairs(arrays, users, items)
+            values = score_pairs(*arrays, users, items)
             values[items < 0] = fill
             values = np.clip(values, low, high)
             yield pa.RecordBatch.from_arrays(
@@ -234,8 +226,9 @@ def top_n(
                 else:
                     rows_ex = position[r_users.to_numpy().astype(np.int64)] - block * block_size
                     items_ex = r_items.to_numpy().astype(np.int64)
+                bias = user_bias[members] if user_bias is not None else None
                 best_i, best_s, counts = top_n_block(
-                    theta[members], user_bias[members], x, offsets, rows_ex, items_ex, n
+                    theta[members], bias, x, offsets, rows_ex, items_ex, n
                 )
                 width = best_i.shape[1]
                 ok = (np.arange(width) < counts[:, None]).ravel()
@@ -260,3 +253,62 @@ def top_n(
         ]
     )
     return blocks.mapInArrow(recommend, schema)
+
+
+# ---------------------------------------------------------------------- for the jobs
+
+
+def rated_pairs(ratings: DataFrame, index: IdIndex) -> DataFrame:
+    """(user_idx, item_idx) of the ratings whose user and item ``index`` knows (the others
+    are dropped): what a model's top-N leaves out. ``ratings`` has ``user_id`` and
+    ``item_id``."""
+    return apply_index(ratings.select(USER, ITEM), index).select(USER_IDX, ITEM_IDX)
+
+
+def recommendations(
+    spark: SparkSession, model: CFModel, rated: DataFrame | None, rec: RecommendConfig
+) -> tuple[DataFrame, list]:
+    """The top-N table for ``[recommend]``, ordered by user and rank, and the requested raw
+    user ids the model does not know.
+
+    Parameters
+    ----------
+    spark
+        The session.
+    model
+        The model to recommend with.
+    rated
+        (user_idx, item_idx) pairs, left out when ``rec.exclude_rated`` (None: none).
+    rec
+        ``top_n``, ``users`` (empty: all), ``exclude_rated`` and ``block_size``.
+
+    Returns
+    -------
+    (DataFrame of (user_id, rank, item_id, score), list of unknown raw user ids)
+    """
+    wanted, unknown = recommend_targets(model, rec.users)
+    recs = top_n(
+        spark,
+        model,
+        rated if rec.exclude_rated else None,
+        n=rec.top_n,
+        users=wanted,
+        block_size=rec.block_size,
+    )
+    return recs.orderBy(USER, RANK), unknown
+
+
+def recommend_targets(model: CFModel, users: tuple) -> tuple[np.ndarray | None, list]:
+    """Indices of the configured users (None = all) and the raw ids the model does not know."""
+    if not users:
+        return None, []
+    raw = pa.array(list(users), type=model.index.user_ids.type)
+    positions = model.index.user_positions(raw)
+    unknown = [u for u, p in zip(users, positions) if p < 0]
+    if unknown:
+        log.warning(
+            "%d users in recommend.users are not in the model (no ratings): %s",
+            len(unknown),
+            unknown[:10],
+        )
+    return positions[positions >= 0], unknown

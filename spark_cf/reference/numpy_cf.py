@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from spark_cf.model.normalization import Normalization
+from spark_cf.model.scoring import item_offsets, score_pairs
 from spark_cf.training.loop import CheckpointPolicy, TrainResult, fingerprint_of, minimize
 from spark_cf.training.optimizers import Evaluation, OptimizerSettings, make_optimizer
 from spark_cf.training.params import Layout, initial_parameters, row_preconditioner
@@ -91,14 +92,20 @@ def predict(
     w: np.ndarray,
     item_idx: np.ndarray,
     user_idx: np.ndarray,
-    offsets: np.ndarray | float = 0.0,
+    normalization: Normalization | None = None,
 ) -> np.ndarray:
-    """Predictions ``theta_j . x_i (+ b_i + b_u) + offset`` for index arrays."""
-    X, Theta = layout.X(w), layout.Theta(w)
-    out = np.sum(X[item_idx] * Theta[user_idx], axis=1)
-    if layout.biases:
-        out = out + layout.item_bias(w)[item_idx] + layout.user_bias(w)[user_idx]
-    return out + offsets
+    """Predictions ``theta_j . x_i + b_j + b_i (+ mean_i + global_mean)`` for index arrays.
+
+    The model's one scoring rule (:func:`spark_cf.model.scoring.score_pairs`, a shared
+    model definition) on the parameters ``w``; ``normalization`` adds its offsets back
+    (None: scores on the normalised scale, as the objective sees them).
+    """
+    means = normalization.item_means if normalization is not None else np.zeros(layout.num_items)
+    centre = normalization.global_mean if normalization is not None else 0.0
+    item_bias = layout.item_bias(w) if layout.biases else None
+    user_bias = layout.user_bias(w) if layout.biases else None
+    offsets = item_offsets(means, centre, item_bias)
+    return score_pairs(layout.Theta(w), user_bias, layout.X(w), offsets, user_idx, item_idx)
 
 
 def fit_normalization(
