@@ -47,32 +47,75 @@ def tag_holdout(
     raise ValueError(f"unknown split {split!r}")
 
 
-def fit_normalization_spark(
-    df: DataFrame, num_items: int, *, mean_normalization: bool, biases: bool
-) -> Normalization:
-    """Item means or the global mean over the training rows (``is_val`` false), exactly;
-    an item without training rows gets the mean of all training rows.
+def _exact_sum(col: str = RATING):
+    """The sum of a column as a decimal: exact, so independent of the partitioning."""
+    return F.sum(F.col(col).cast("decimal(38,18)"))
 
-    Matches :func:`spark_cf.reference.numpy_cf.fit_normalization` up to the last bit of the sums:
-    ratings are summed as decimals, then divided once.
+
+def _exact_mean(total, count: int) -> float:
+    """``total / count`` of an exact decimal sum, rounded once to float64 (0.0 for none)."""
+    return float(Decimal(total) / count) if count else 0.0
+
+
+def exact_item_means(ratings: DataFrame, num_items: int) -> np.ndarray:
+    """Each item's mean rating over the rows of ``ratings``, summed exactly.
+
+    The one computation of item means: the normalisation of the course's model
+    (:func:`fit_normalization_spark`) and the item-mean baseline
+    (:func:`spark_cf.outputs.evaluation.item_mean_baseline`) both call it.
+
+    Parameters
+    ----------
+    ratings
+        Rows with ``item_idx`` and ``rating`` (pass the training rows only).
+    num_items
+        The length of the result (the index's item count).
+
+    Returns
+    -------
+    (num_items,) float64: the decimal sum of an item's ratings divided once by their
+    count; an item with no row gets the mean of all rows (0.0 when there are none). The
+    same bits whatever the partitioning.
+    """
+    rows = (
+        ratings.groupBy(ITEM_IDX)
+        .agg(_exact_sum().alias("s"), F.count(F.lit(1)).alias("n"))
+        .collect()
+    )
+    total = sum((Decimal(row["s"]) for row in rows), Decimal(0))
+    count = sum(row["n"] for row in rows)
+    means = np.full(num_items, _exact_mean(total, count))
+    for row in rows:
+        means[row[ITEM_IDX]] = _exact_mean(row["s"], row["n"])
+    return means
+
+
+def fit_normalization_spark(
+    df: DataFrame,
+    num_items: int,
+    *,
+    mean_normalization: bool,
+    biases: bool,
+    rating_mean: float | None = None,
+) -> Normalization:
+    """Item means (:func:`exact_item_means`) or the global mean of the training rows
+    (``is_val`` false), exact; an item without training rows gets the mean of all
+    training rows. Nothing without ``mean_normalization``. ``rating_mean``: the global
+    mean when the caller has it already (:func:`prepare` does), else it is summed here.
+
+    Checked against :func:`spark_cf.reference.numpy_cf.fit_normalization`, which sums in
+    float64 on its own.
     """
     zeros = np.zeros(num_items)
     if not mean_normalization:
         return Normalization(zeros, 0.0)
     train = df.where(~F.col(IS_VAL))
-    exact = F.sum(F.col(RATING).cast("decimal(38,18)"))
     if biases:
-        row = train.agg(exact.alias("s"), F.count(F.lit(1)).alias("n")).collect()[0]
-        mean = float(Decimal(row["s"]) / row["n"]) if row["n"] else 0.0
-        return Normalization(zeros, mean)
-    rows = train.groupBy(ITEM_IDX).agg(exact.alias("s"), F.count(F.lit(1)).alias("n")).collect()
-    total = sum((Decimal(row["s"]) for row in rows), Decimal(0))
-    count = sum(row["n"] for row in rows)
-    # items with held-out ratings only get the mean of all training ratings
-    means = np.full(num_items, float(total / count) if count else 0.0)
-    for row in rows:
-        means[row[ITEM_IDX]] = float(Decimal(row["s"]) / row["n"])
-    return Normalization(means, 0.0)
+        if rating_mean is None:
+            row = train.agg(_exact_sum().alias("s"), F.count(F.lit(1)).alias("n")).first()
+            rating_mean = _exact_mean(row["s"], row["n"])
+        return Normalization(zeros, rating_mean)
+    return Normalization(exact_item_means(train, num_items), 0.0)
 
 
 @dataclass
@@ -126,17 +169,21 @@ def prepare(
         for row in tagged.groupBy(IS_VAL)
         .agg(
             F.count(F.lit(1)).alias("n"),
-            F.sum(F.col(RATING).cast("decimal(38,18)")).alias("s"),
+            _exact_sum().alias("s"),
             F.sum(F.xxhash64(USER, ITEM, RATING).cast("decimal(38,0)")).alias("h"),
         )
         .collect()
     }
     counts = {key: row["n"] for key, row in stats.items()}
     train_row = stats.get(False)
-    rating_mean = float(Decimal(train_row["s"]) / train_row["n"]) if train_row else 0.0
+    rating_mean = _exact_mean(train_row["s"], train_row["n"]) if train_row else 0.0
     fingerprint = str(sum(int(row["h"]) for row in stats.values()) % (1 << 64))
     norm = fit_normalization_spark(
-        tagged, index.num_items, mean_normalization=mean_normalization, biases=biases
+        tagged,
+        index.num_items,
+        mean_normalization=mean_normalization,
+        biases=biases,
+        rating_mean=rating_mean,
     )
     data = TrainingData(
         tagged, index, norm, counts.get(False, 0), counts.get(True, 0), rating_mean, fingerprint
