@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from spark_cf import cli, storage
-from spark_cf.data.indexing import apply_index
-from spark_cf.data.ingest import ingest
-from spark_cf.model.persistence import load_model
-from spark_cf.nightly import preflight
-from spark_cf.nightly.run import recommendations
-from spark_cf.schema import ITEM_IDX, USER_IDX
+from spark_cf import cli
+from spark_cf.nightly.run import run_recommend
 from spark_cf.session import build_session
 
 
@@ -30,15 +25,7 @@ def main(argv=None) -> int:
     def body(args, cfg) -> int:
         spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
         try:
-            preflight.check_parent_writable(spark, "--output", args.output)
-            model = load_model(spark, args.model)
-            rated = None
-            if cfg.recommend.exclude_rated:
-                ingested = ingest(spark, cfg.input)
-                rated = apply_index(ingested.ratings, model.index).select(USER_IDX, ITEM_IDX)
-            recs, unknown = recommendations(spark, model, rated, cfg.recommend)
-            storage.write_table(recs, args.output)
-            rows = spark.read.parquet(args.output).count()
+            rows, unknown = run_recommend(spark, cfg, args.model, args.output)
         finally:
             spark.stop()
         print(f"top-N: {args.output} ({rows} rows; {len(unknown)} requested users unknown)")

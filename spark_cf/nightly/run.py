@@ -1,6 +1,11 @@
 """The stages the jobs wire together; each takes the session, config parts and data.
 
-Kept apart from the jobs so that tests run them without ``spark-submit``.
+Kept apart from the jobs so that tests run them without ``spark-submit``: the nightly run
+(:func:`run_nightly`), and the bodies of ``jobs/train.py`` (:func:`run_train`),
+``jobs/recommend.py`` (:func:`run_recommend`) and ``jobs/evaluate.py``
+(:func:`run_evaluate`). A model's metadata is built in one place
+(:func:`model_metadata`), and every published folder goes through
+:func:`publication`.
 """
 
 from __future__ import annotations
@@ -10,25 +15,25 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal
 from typing import Any
 
-import numpy as np
 from pyspark.sql import functions as F
 
 from spark_cf import storage
-from spark_cf.config import Config, RecommendConfig
+from spark_cf.config import Config
 from spark_cf.data.ingest import IngestResult, ingest
 from spark_cf.data.prepare import TrainingData, prepare
-from spark_cf.model.cf_model import CFModel
-from spark_cf.model.persistence import save_model
+from spark_cf.model.persistence import load_model, save_model
+from spark_cf.model.scoring import SCORING_RULE
 from spark_cf.nightly import preflight
-from spark_cf.outputs.evaluation import format_table, ranking_metrics, regression_metrics
+from spark_cf.outputs.evaluation import evaluate_model, heldout_metrics
 from spark_cf.outputs.publish import Publication
-from spark_cf.outputs.recommend import predict, top_n
-from spark_cf.schema import IS_VAL, ITEM, ITEM_IDX, RANK, RATING, USER, USER_IDX
+from spark_cf.outputs.recommend import predict, rated_pairs, recommendations
+from spark_cf.outputs.report import convergence_png, metrics_table
+from spark_cf.schema import IS_VAL, ITEM, ITEM_IDX, RATING, USER, USER_IDX
 from spark_cf.session import recorded_config, settings_in_force
 from spark_cf.training.fit import fit
+from spark_cf.training.loop import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -125,71 +130,76 @@ def _train(data: TrainingData, cfg: Config, timings: dict[str, float], name: str
         return fit(data, cfg.model, cfg.train)
 
 
-def _heldout_metrics(spark, data: TrainingData, model: CFModel, cfg: Config) -> dict[str, Any]:
-    """RMSE/MAE and the @k metrics of the model and the two baselines on the held-out set."""
-    held = data.ratings.where(F.col(IS_VAL)).select(USER, ITEM, RATING, USER_IDX, ITEM_IDX)
-    truth = held.toArrow()
-    users = truth.column(USER_IDX).to_numpy().astype(np.int64)
-    items = truth.column(ITEM_IDX).to_numpy().astype(np.int64)
-    y = truth.column(RATING).to_numpy()
-    item_mean = baseline_item_mean(model, data)
-    global_mean = data.rating_mean
-    scores = {
-        "model": model.predict_indices(users, items),
-        "item_mean": item_mean.predict_indices(users, items),
-        "global_mean": np.full(len(y), global_mean),
+def clip_range(cfg: Config) -> tuple[float, float] | None:
+    """The rating range predictions are clipped to (``predict.clip``), or None."""
+    return (cfg.input.rating_min, cfg.input.rating_max) if cfg.predict.clip else None
+
+
+def model_metadata(
+    spark,
+    cfg: Config,
+    *,
+    date: str,
+    ingested: IngestResult,
+    data: TrainingData,
+    result: TrainResult,
+    refit: bool = False,
+) -> dict[str, Any]:
+    """The metadata of a model to publish (``model/metadata.json``; :func:`save_model` adds
+    rank, global mean, biases and the sizes): the same keys for every job that publishes
+    a model.
+
+    Parameters
+    ----------
+    spark
+        The session (its settings in force are recorded).
+    cfg
+        The run's configuration.
+    date
+        The run's date.
+    ingested
+        What ingest read (its row counts).
+    data
+        The data the model was trained on (the refit's data after a refit).
+    result
+        The model's training result.
+    refit
+        Whether the model was refitted on all ratings after the evaluation.
+    """
+    in_force = settings_in_force(spark)
+    return {
+        "config": recorded_config(cfg.to_dict(), in_force),
+        "rank": cfg.model.rank,
+        "reg": cfg.model.reg,
+        "optimizer": cfg.train.optimizer,
+        "iterations": result.iterations,
+        "final_cost": result.final_cost,
+        "stop_reason": result.stop_reason,
+        "history": result.history,
+        "input_path": cfg.input.path,
+        "input_fingerprint": data.fingerprint,
+        "rows": ingested.metrics(),
+        "trained_on": data.num_train,
+        "refit": refit,
+        "rating_mean": data.rating_mean,
+        "run_date": date,
+        "software": software_versions(),
+        "spark": in_force,
+        "scoring_rule": SCORING_RULE,
     }
-    lo, hi = cfg.input.rating_min, cfg.input.rating_max
-    out: dict[str, Any] = {}
-    for name, pred in scores.items():
-        pred = np.clip(pred, lo, hi) if cfg.predict.clip else pred
-        out[name] = regression_metrics(y, pred)
-    relevant = y >= cfg.evaluate.relevance_threshold
-    rel_users, rel_items = users[relevant], items[relevant]
-    k = cfg.evaluate.k
-    train_rated = data.ratings.where(~F.col(IS_VAL)).select(USER_IDX, ITEM_IDX)
-    targets = np.unique(rel_users)
-    for name, m in (("model", model), ("item_mean", item_mean)):
-        recs = top_n(
-            spark, m, train_rated, n=k, users=targets, block_size=cfg.recommend.block_size
-        ).toArrow()
-        rec_users = m.index.user_positions(recs.column(USER).combine_chunks())
-        rec_items = m.index.item_positions(recs.column(ITEM).combine_chunks())
-        out[name].update(
-            ranking_metrics(
-                rec_users, rec_items, recs.column(RANK).to_numpy(), rel_users, rel_items, k
-            )
-        )
-    for name in ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k"):
-        out["global_mean"][name] = None  # a constant score ranks nothing
-    return out
 
 
-def baseline_item_mean(model: CFModel, data: TrainingData) -> CFModel:
-    """The item-mean baseline: each item's training mean (the global mean for items with
-    no training rating), as a model with zero factors."""
-    a = (
-        data.ratings.where(~F.col(IS_VAL))
-        .groupBy(ITEM_IDX)
-        .agg(F.sum(F.col(RATING).cast("decimal(38,18)")).alias("s"), F.count(F.lit(1)).alias("n"))
-        .collect()
-    )
-    means = np.full(model.index.num_items, data.rating_mean)
-    for row in a:
-        means[row[ITEM_IDX]] = float(Decimal(row["s"]) / row["n"])
-    zeros_u = np.zeros((model.index.num_users, 1))
-    zeros_i = np.zeros((model.index.num_items, 1))
-    return CFModel(model.index, zeros_i, zeros_u, means, 0.0)
+def publication(spark, cfg: Config, path: str) -> Publication:
+    """The one way a job publishes a folder at ``path``: ``with publication(...) as pub``,
+    write into ``pub.staging``, then :func:`commit` (the lock times out after
+    ``output.lock_timeout_hours``)."""
+    return Publication(spark, path, timeout_s=cfg.output.lock_timeout_s)
 
 
-def _metrics_table(evaluation: dict[str, dict[str, Any]], k: int) -> str:
-    rows = {name: values for name, values in evaluation.items()}
-    columns = ["rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k"]
-    renamed = {
-        name: {c.replace("_at_k", f"@{k}"): v for c, v in values.items()}
-        for name, values in rows.items()
-    }
-    return format_table(renamed, [c.replace("_at_k", f"@{k}") for c in columns])
+def commit(spark, pub: Publication) -> None:
+    """Write ``_SUCCESS`` last into the staging folder and swap it in."""
+    storage.write_text(spark, f"{pub.staging}/_SUCCESS", "")
+    pub.commit()
 
 
 def run_nightly(spark, cfg: Config) -> RunOutcome:
@@ -203,8 +213,7 @@ def run_nightly(spark, cfg: Config) -> RunOutcome:
     """
     preflight.check_nightly(spark, cfg)  # before the lock and before the ratings are read
     final = f"{cfg.output.root.rstrip('/')}/run_date={run_date(cfg)}"
-    timeout_s = cfg.output.lock_timeout_s
-    with Publication(spark, final, timeout_s=timeout_s) as pub:
+    with publication(spark, cfg, final) as pub:
         return _run_nightly(spark, cfg, pub)
 
 
@@ -221,7 +230,15 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
         evaluation: dict[str, Any] = {}
         if data.num_val:
             with stage("evaluate", timings):
-                evaluation = _heldout_metrics(spark, data, model, cfg)
+                evaluation = heldout_metrics(
+                    spark,
+                    data,
+                    model,
+                    k=cfg.evaluate.k,
+                    relevance_threshold=cfg.evaluate.relevance_threshold,
+                    clip=clip_range(cfg),
+                    block_size=cfg.recommend.block_size,
+                )
         else:
             log.warning("evaluate.holdout_fraction = 0: no held-out ratings, no evaluation")
         history = {
@@ -252,39 +269,26 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                 "stop_reason": result.stop_reason,
                 "final_cost": result.final_cost,
             }
-        in_force = settings_in_force(spark)
-        model.metadata = {
-            "config": recorded_config(cfg.to_dict(), in_force),
-            "rank": cfg.model.rank,
-            "reg": cfg.model.reg,
-            "optimizer": cfg.train.optimizer,
-            "iterations": result.iterations,
-            "final_cost": result.final_cost,
-            "stop_reason": result.stop_reason,
-            "input_path": cfg.input.path,
-            "input_fingerprint": data.fingerprint,
-            "rows": ingested.metrics(),
-            "trained_on": final_data.num_train,
-            "refit": bool(cfg.evaluate.refit and data.num_val),
-            "rating_mean": final_data.rating_mean,
-            "run_date": date,
-            "software": software_versions(),
-            "spark": in_force,
-            "scoring_rule": "prediction = features(user) . features(item) + mean(item) "
-            "+ bias(item) + bias(user) + global_mean",
-        }
+        model.metadata = model_metadata(
+            spark,
+            cfg,
+            date=date,
+            ingested=ingested,
+            data=final_data,
+            result=result,
+            refit=final_data is not data,
+        )
         with stage("predict", timings):
             if cfg.predict.pairs:
                 pairs = storage.read_parquet(spark, cfg.predict.pairs, ids=(USER, ITEM))
             else:
                 pairs = data.ratings.where(F.col(IS_VAL)).select(USER, ITEM)
-            clip = (cfg.input.rating_min, cfg.input.rating_max) if cfg.predict.clip else None
             predictions = predict(
                 pairs,
                 model,
                 unknown_item=cfg.predict.unknown_item,
                 fallback=final_data.rating_mean,
-                clip=clip,
+                clip=clip_range(cfg),
             )
             predictions = predictions.orderBy(USER, ITEM)
             storage.write_parquet(predictions, f"{staged}/predictions")
@@ -312,13 +316,12 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
             png = convergence_png(result.history)
             if png is not None:
                 storage.write_bytes(spark, f"{staged}/convergence.png", png)
-            storage.write_text(spark, f"{staged}/_SUCCESS", "")
-            pub.commit()
+            commit(spark, pub)
         log.info(
             "published %s (%s)", final, ", ".join(f"{name} {n} rows" for name, n in counts.items())
         )
         return RunOutcome(
-            final, metrics, _metrics_table(evaluation, cfg.evaluate.k) if evaluation else ""
+            final, metrics, metrics_table(evaluation, cfg.evaluate.k) if evaluation else ""
         )
     finally:
         ingested.unpersist()
@@ -327,65 +330,92 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
             final_data.ratings.unpersist()
 
 
-def recommendations(spark, model: CFModel, rated, rec: RecommendConfig):
-    """The top-N table for ``[recommend]`` (ordered by user and rank), and the requested
-    raw user ids the model does not know. ``rated``: (user_idx, item_idx) pairs, excluded
-    when ``rec.exclude_rated``."""
-    wanted, unknown = recommend_targets(model, rec.users)
-    recs = top_n(
-        spark,
-        model,
-        rated if rec.exclude_rated else None,
-        n=rec.top_n,
-        users=wanted,
-        block_size=rec.block_size,
-    )
-    return recs.orderBy(USER, RANK), unknown
+# ------------------------------------------------------------------------- the other jobs
 
 
-def recommend_targets(model: CFModel, users: tuple) -> tuple[np.ndarray | None, list]:
-    """Indices of the configured users (None = all) and the raw ids the model does not know."""
-    if not users:
-        return None, []
-    import pyarrow as pa
+def run_train(spark, cfg: Config, model_out: str | None = None):
+    """``jobs/train.py``: ingest, train on the training split and publish the model at
+    ``model_out`` (default ``<output.root>/model``), with the metadata and the publication
+    of the nightly run's model.
 
-    raw = pa.array(list(users), type=model.index.user_ids.type)
-    positions = model.index.user_positions(raw)
-    unknown = [u for u, p in zip(users, positions) if p < 0]
-    if unknown:
-        log.warning(
-            "%d users in recommend.users are not in the model (no ratings): %s",
-            len(unknown),
-            unknown[:10],
-        )
-    return positions[positions >= 0], unknown
+    Returns ``(path, model, result)``.
+    """
+    target = model_out or f"{cfg.output.root.rstrip('/')}/model"
+    preflight.check_parent_writable(spark, "--model-out" if model_out else "output.root", target)
+    preflight.check_training(spark, cfg.model, cfg.train)
+    with publication(spark, cfg, target) as pub:
+        date = run_date(cfg)
+        timings: dict[str, float] = {}
+        ingested, data = ingest_and_prepare(spark, cfg, timings)
+        try:
+            model, result = _train(data, cfg, timings, "train")
+            model.metadata = model_metadata(
+                spark, cfg, date=date, ingested=ingested, data=data, result=result
+            )
+            with stage("publish", timings):
+                save_model(spark, model, pub.staging)
+                commit(spark, pub)
+        finally:
+            ingested.unpersist()
+            data.ratings.unpersist()
+    return target, model, result
 
 
-def convergence_png(history: list[dict[str, float]]) -> bytes | None:
-    """J against iteration on a log scale, as PNG bytes; None without matplotlib."""
+def run_recommend(spark, cfg: Config, model_path: str, output: str) -> tuple[int, list]:
+    """``jobs/recommend.py``: the top-N table of ``[recommend]`` from the model at
+    ``model_path``, published at ``output``; with ``recommend.exclude_rated`` the ratings
+    at ``input.path`` say what each user already rated.
+
+    Returns the number of rows written and the requested raw user ids the model does not
+    know.
+    """
+    preflight.check_parent_writable(spark, "--output", output)
+    model = load_model(spark, model_path)
+    ingested = None
+    rated = None
+    if cfg.recommend.exclude_rated:
+        ingested = ingest(spark, cfg.input)
+        rated = rated_pairs(ingested.ratings, model.index)
     try:
-        import matplotlib
+        recs, unknown = recommendations(spark, model, rated, cfg.recommend)
+        storage.write_table(recs, output)
+    finally:
+        if ingested is not None:
+            ingested.unpersist()
+    return storage.read_parquet(spark, output).count(), unknown
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning(
-            "matplotlib is not installed: no convergence.png (pip install "
-            "'spark-cf[plot]' to get it)"
+
+def run_evaluate(
+    spark, cfg: Config, model_path: str, *, exclude_from: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """``jobs/evaluate.py``: the model at ``model_path`` on the ratings at ``input.path``
+    (:func:`spark_cf.outputs.evaluation.evaluate_model`, as the nightly evaluates).
+
+    ``exclude_from``: a ratings Parquet (``[input]``'s column names) whose pairs are left
+    out of the top-k lists (the model's training ratings). Returns ``{"model": metrics}``.
+    """
+    model = load_model(spark, model_path)
+    ingested = ingest(spark, cfg.input)
+    try:
+        truth = ingested.ratings.select(USER, ITEM, RATING).toArrow()
+        exclude = None
+        if exclude_from:
+            seen = (
+                storage.read_parquet(spark, exclude_from)
+                .select(cfg.input.user_col, cfg.input.item_col)
+                .toDF(USER, ITEM)
+            )
+            exclude = rated_pairs(seen, model.index)
+        metrics = evaluate_model(
+            spark,
+            model,
+            truth,
+            exclude,
+            k=cfg.evaluate.k,
+            relevance_threshold=cfg.evaluate.relevance_threshold,
+            clip=clip_range(cfg),
+            block_size=cfg.recommend.block_size,
         )
-        return None
-    import io as _io
-
-    it = [h["iteration"] for h in history]
-    cost = [h["cost"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.semilogy(it, cost, marker=".")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("cost J (log scale)")
-    ax.set_title("convergence")
-    ax.grid(True, which="both", alpha=0.3)
-    buf = _io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    finally:
+        ingested.unpersist()
+    return {"model": metrics}

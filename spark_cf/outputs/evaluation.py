@@ -1,4 +1,6 @@
-"""Evaluation metrics on the held-out ratings (NumPy; the pipeline collects what they need).
+"""Evaluation of a model on ratings it did not train on: the metrics (NumPy) and the one
+evaluation the nightly job (held-out ratings, with two baselines) and ``jobs/evaluate.py``
+(a published model on another ratings set) both run, :func:`evaluate_model`.
 
 - RMSE and MAE of the predictions of held-out ratings;
 - precision@k, recall@k, nDCG@k and MAP@k of each user's top-k recommendations (items
@@ -11,13 +13,29 @@ Definitions, for a user with relevant set R and recommendation list L (ranks 1..
 ``precision = |L & R| / k``, ``recall = |L & R| / |R|``,
 ``nDCG = sum_{hits at rank r} 1/log2(r + 1) / sum_{r=1}^{min(|R|, k)} 1/log2(r + 1)``,
 ``AP = sum_{hits at rank r} (hits up to r) / r / min(|R|, k)``.
+
+Baselines beside the model on the held-out ratings: the item mean (each item's exact
+training mean, :func:`item_mean_baseline`) and the global mean (the mean training rating;
+a constant score ranks nothing, so its @k metrics are None).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from spark_cf.data.prepare import TrainingData, exact_item_means
+from spark_cf.model.cf_model import CFModel
+from spark_cf.outputs.recommend import top_n
+from spark_cf.schema import IS_VAL, ITEM, ITEM_IDX, RANK, RATING, USER, USER_IDX
+
+#: The @k metrics (None for a baseline that cannot rank).
+RANKING_METRICS = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k")
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -93,19 +111,112 @@ def ranking_metrics(
     }
 
 
-def format_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
-    """A plain text table: one row per model, one column per metric."""
-    width = max(len(name) for name in rows) + 2
-    head = "model".ljust(width) + "".join(c.rjust(14) for c in columns)
-    lines = [head, "-" * len(head)]
-    for name, values in rows.items():
-        cells = []
-        for c in columns:
-            v = values.get(c)
-            cells.append(
-                (
-                    "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
-                ).rjust(14)
-            )
-        lines.append(name.ljust(width) + "".join(cells))
-    return "\n".join(lines)
+def evaluate_model(
+    spark: SparkSession,
+    model: CFModel,
+    truth: pa.Table,
+    exclude: DataFrame | None,
+    *,
+    k: int,
+    relevance_threshold: float,
+    clip: tuple[float, float] | None,
+    block_size: int = 4096,
+) -> dict[str, Any]:
+    """RMSE/MAE and the @k metrics of ``model`` on the ratings of ``truth``.
+
+    Parameters
+    ----------
+    spark
+        The session (the top-k lists are computed on Spark).
+    model
+        The model to evaluate.
+    truth
+        The ratings to score, collected: ``user_id``, ``item_id``, ``rating`` (raw ids).
+        A user the model does not know is predicted by the cold-start rule; an item it
+        does not know gets NaN (not counted in RMSE/MAE); a relevant rating of either is a
+        miss for the @k metrics.
+    exclude
+        (user_idx, item_idx) pairs left out of the top-k lists (the training ratings), or
+        None.
+    k
+        The length of the lists.
+    relevance_threshold
+        A rating at least this is relevant.
+    clip
+        (low, high) bounds of the predictions, or None.
+    block_size
+        Users per top-N task.
+
+    Returns
+    -------
+    :func:`regression_metrics` and :func:`ranking_metrics` in one dict.
+    """
+    raw_users = truth.column(USER).combine_chunks()
+    raw_items = truth.column(ITEM).combine_chunks()
+    users = model.index.user_positions(raw_users)
+    items = model.index.item_positions(raw_items)
+    y = truth.column(RATING).to_numpy()
+    pred = model.predict_indices(users, items)
+    out: dict[str, Any] = regression_metrics(y, np.clip(pred, *clip) if clip else pred)
+    relevant = y >= relevance_threshold
+    targets = np.unique(users[relevant & (users >= 0)])
+    recs = top_n(spark, model, exclude, n=k, users=targets, block_size=block_size).toArrow()
+    out.update(
+        ranking_metrics(
+            recs.column(USER).to_numpy(zero_copy_only=False),
+            recs.column(ITEM).to_numpy(zero_copy_only=False),
+            recs.column(RANK).to_numpy(),
+            raw_users.to_numpy(zero_copy_only=False)[relevant],
+            raw_items.to_numpy(zero_copy_only=False)[relevant],
+            k,
+        )
+    )
+    return out
+
+
+def item_mean_baseline(data: TrainingData) -> CFModel:
+    """The item-mean baseline: each item's exact training mean
+    (:func:`spark_cf.data.prepare.exact_item_means`; the mean of all training ratings for
+    an item with none) as a model with zero factors."""
+    index = data.index
+    means = exact_item_means(data.ratings.where(~F.col(IS_VAL)), index.num_items)
+    zeros_u = np.zeros((index.num_users, 1))
+    zeros_i = np.zeros((index.num_items, 1))
+    return CFModel(index, zeros_i, zeros_u, means, 0.0)
+
+
+def heldout_metrics(
+    spark: SparkSession,
+    data: TrainingData,
+    model: CFModel,
+    *,
+    k: int,
+    relevance_threshold: float,
+    clip: tuple[float, float] | None,
+    block_size: int = 4096,
+) -> dict[str, dict[str, Any]]:
+    """The model, the item mean and the global mean on the held-out ratings of ``data``.
+
+    Each of the model and the item-mean baseline through :func:`evaluate_model` (items
+    rated in training left out of the lists); the global mean (``data.rating_mean``) gets
+    RMSE and MAE, its @k metrics None. Arguments as for :func:`evaluate_model`.
+    """
+    truth = data.ratings.where(F.col(IS_VAL)).select(USER, ITEM, RATING).toArrow()
+    train_rated = data.ratings.where(~F.col(IS_VAL)).select(USER_IDX, ITEM_IDX)
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in (("model", model), ("item_mean", item_mean_baseline(data))):
+        out[name] = evaluate_model(
+            spark,
+            m,
+            truth,
+            train_rated,
+            k=k,
+            relevance_threshold=relevance_threshold,
+            clip=clip,
+            block_size=block_size,
+        )
+    y = truth.column(RATING).to_numpy()
+    constant = np.full(len(y), data.rating_mean)
+    out["global_mean"] = regression_metrics(y, np.clip(constant, *clip) if clip else constant)
+    out["global_mean"].update(dict.fromkeys(RANKING_METRICS))
+    return out
