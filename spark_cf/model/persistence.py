@@ -6,7 +6,16 @@ import numpy as np
 
 from spark_cf.data.indexing import IdIndex
 from spark_cf.model.cf_model import CFModel
-from spark_cf.schema import ITEM_FACTORS, METADATA, USER_FACTORS
+from spark_cf.schema import (
+    BIAS,
+    FEATURES,
+    ITEM,
+    ITEM_FACTORS,
+    MEAN,
+    METADATA,
+    USER,
+    USER_FACTORS,
+)
 
 
 def _features_array(matrix: np.ndarray):
@@ -21,15 +30,15 @@ def factor_tables(model: CFModel):
     """The model as two Arrow tables: user_factors and item_factors (see README)."""
     import pyarrow as pa
 
-    users = {"user_id": model.index.user_ids, "features": _features_array(model.user_factors)}
+    users = {USER: model.index.user_ids, FEATURES: _features_array(model.user_factors)}
     items = {
-        "item_id": model.index.item_ids,
-        "features": _features_array(model.item_factors),
-        "mean": pa.array(model.item_means),
+        ITEM: model.index.item_ids,
+        FEATURES: _features_array(model.item_factors),
+        MEAN: pa.array(model.item_means),
     }
     if model.biases:
-        users["bias"] = pa.array(model.user_bias)
-        items["bias"] = pa.array(model.item_bias)
+        users[BIAS] = pa.array(model.user_bias)
+        items[BIAS] = pa.array(model.item_bias)
     return pa.table(users), pa.table(items)
 
 
@@ -76,19 +85,17 @@ def load_model(spark, path: str) -> CFModel:
     rank = int(meta["rank"])
     users = spark.read.parquet(f"{path}/{USER_FACTORS}").toArrow()
     items = spark.read.parquet(f"{path}/{ITEM_FACTORS}").toArrow()
-    users = users.take(pc.sort_indices(users, [("user_id", "ascending")]))
-    items = items.take(pc.sort_indices(items, [("item_id", "ascending")]))
+    users = users.take(pc.sort_indices(users, [(USER, "ascending")]))
+    items = items.take(pc.sort_indices(items, [(ITEM, "ascending")]))
     biases = bool(meta["biases"])
-    index = IdIndex(
-        users.column("user_id").combine_chunks(), items.column("item_id").combine_chunks()
-    )
+    index = IdIndex(users.column(USER).combine_chunks(), items.column(ITEM).combine_chunks())
     return CFModel(
         index=index,
-        item_factors=_matrix(items.column("features"), rank),
-        user_factors=_matrix(users.column("features"), rank),
-        item_means=items.column("mean").to_numpy(),
+        item_factors=_matrix(items.column(FEATURES), rank),
+        user_factors=_matrix(users.column(FEATURES), rank),
+        item_means=items.column(MEAN).to_numpy(),
         global_mean=float(meta["global_mean"]),
-        item_bias=items.column("bias").to_numpy() if biases else None,
-        user_bias=users.column("bias").to_numpy() if biases else None,
+        item_bias=items.column(BIAS).to_numpy() if biases else None,
+        user_bias=users.column(BIAS).to_numpy() if biases else None,
         metadata=meta,
     )
