@@ -16,10 +16,9 @@ import sys
 from spark_cf import cli
 from spark_cf.model.persistence import save_model
 from spark_cf.nightly import preflight
-from spark_cf.nightly.run import ingest_and_prepare, software_versions, stage
+from spark_cf.nightly.run import ingest_and_prepare, software_versions, stage, train_with_config
 from spark_cf.outputs.publish import Publication
 from spark_cf.session import build_session, recorded_config, settings_in_force
-from spark_cf.training.fit import fit
 
 
 def main(argv=None) -> int:
@@ -38,7 +37,7 @@ def main(argv=None) -> int:
                 timings: dict[str, float] = {}
                 ingested, data = ingest_and_prepare(spark, cfg, timings)
                 with stage("train", timings):
-                    model, result = fit(data, cfg.model, cfg.train)
+                    model, result = train_with_config(data, cfg)
                 in_force = settings_in_force(spark)
                 model.metadata = {
                     "config": recorded_config(cfg.to_dict(), in_force),

@@ -58,7 +58,7 @@ def test_a_model_without_biases_leaves_the_biases_at_zero():
 def test_another_rank_is_refused_naming_both():
     layout = Layout(num_items=2, num_users=3, rank=3)
     w0 = initial_parameters(layout, init_scale=0.1, seed=1)
-    with pytest.raises(ModelError, match="rank 2.*model.rank = 3"):
+    with pytest.raises(ModelError, match=r"has rank 2, this fit.s model.rank \(rank\) = 3"):
         warm_start_parameters(previous_model(rank=2), layout, previous_model().index, w0)
 
 
