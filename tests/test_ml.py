@@ -93,9 +93,11 @@ def als_workflow(estimator_class, train, test) -> dict[str, str]:
     """What code written against ALS does; runs unchanged with either class."""
     estimator = estimator_class(
         rank=3,
-        maxIter=4,
+        maxIter=2,
         regParam=0.1 if estimator_class is ALS else 5.0,
         seed=7,
+        numUserBlocks=2,
+        numItemBlocks=1,
         userCol="user",
         itemCol="item",
         ratingCol="rating",
@@ -365,7 +367,7 @@ def test_cross_validator_over_regparam_picks_what_a_hand_written_loop_picks(
 ):
     folded = ratings.withColumn("fold", (F.abs(F.xxhash64("user", "item")) % 2).cast("int"))
     grid_values = [0.5, 50.0]
-    cf = SparkCF(**{**PARAMS, "maxIter": 3}, coldStartStrategy="mean")
+    cf = SparkCF(**{**PARAMS, "maxIter": 2}, coldStartStrategy="mean")
     evaluator = RegressionEvaluator(metricName="rmse", labelCol="rating")
     cv = CrossValidator(
         estimator=cf,
@@ -381,12 +383,12 @@ def test_cross_validator_over_regparam_picks_what_a_hand_written_loop_picks(
         for fold in (0, 1):
             train = folded.where(F.col("fold") != fold)
             test = folded.where(F.col("fold") == fold)
-            fitted = SparkCF(**{**PARAMS, "maxIter": 3, "regParam": reg}, coldStartStrategy="mean")
+            fitted = SparkCF(**{**PARAMS, "maxIter": 2, "regParam": reg}, coldStartStrategy="mean")
             rmses.append(evaluator.evaluate(fitted.fit(train).transform(test)))
         by_hand.append(float(np.mean(rmses)))
     assert cv_model.avgMetrics == pytest.approx(by_hand, rel=1e-12)
     best = grid_values[int(np.argmin(by_hand))]
-    assert cv_model.bestModel.summary.totalIterations == 3
+    assert cv_model.bestModel.summary.totalIterations == 2
     assert best == cv.getEstimatorParamMaps()[int(np.argmin(cv_model.avgMetrics))][cf.regParam]
     cv_model.write().save(str(tmp_path / "cv"))
     loaded = CrossValidatorModel.load(str(tmp_path / "cv"))

@@ -238,11 +238,13 @@ class SparkCFModel(Model, SparkCFModelParams, MLWritable, MLReadable):
                 .alias(PREDICTION),
             )
         scored = scored.select(
-            F.col(USER).alias("_cf_su"), F.col(ITEM).alias("_cf_si"), F.col(PREDICTION)
+            F.col(USER).alias("_cf_su"),
+            F.col(ITEM).alias("_cf_si"),
+            F.col(PREDICTION).alias("_cf_p"),
         )
         on = F.col("_cf_u").eqNullSafe(F.col("_cf_su")) & F.col("_cf_i").eqNullSafe(F.col("_cf_si"))
         out = keyed.join(scored, on=on, how="left").select(
-            *[F.col(c) for c in columns], F.col(PREDICTION).alias(out_col)
+            *[keyed[c] for c in columns], F.col("_cf_p").alias(out_col)
         )
         if strategy == "drop":
             out = out.where(~F.isnan(F.col(out_col)))
