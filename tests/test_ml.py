@@ -133,6 +133,34 @@ def test_code_written_for_als_runs_unchanged_and_gives_the_same_output_schemas(r
     )
 
 
+def test_the_defaults_are_the_configs_and_explain_params_warns_about_the_scale():
+    from spark_cf.config import Config
+
+    cf, cfg = SparkCF(), Config()
+    assert (cf.getRank(), cf.getRegParam(), cf.getMaxIter(), cf.getTol()) == (
+        cfg.model.rank,
+        cfg.model.reg,
+        cfg.train.max_iter,
+        cfg.train.tol,
+    )
+    assert (cf.getSeed(), cf.getOptimizer(), cf.getBiases(), cf.getInitScale()) == (
+        cfg.model.seed,
+        cfg.train.optimizer,
+        cfg.model.biases,
+        cfg.model.init_scale,
+    )
+    assert (cf.getUserCol(), cf.getItemCol(), cf.getRatingCol()) == (
+        cfg.input.user_col,
+        cfg.input.item_col,
+        cfg.input.rating_col,
+    )
+    assert cf.getColdStartStrategy() == "nan" and not cf.isDefined(cf.initialModel)
+    explained = cf.explainParams()
+    assert "regParam: regularisation weight lambda (>= 0) on the SUMMED cost" in explained
+    with pytest.raises(TypeError):
+        SparkCF(initialModel="output/model")
+
+
 # ------------------------------------------------------------------ fitting and scoring
 
 
