@@ -325,7 +325,7 @@ def child_als(path: str, regs: list[float]) -> dict:
 def child_ours(path: str, variants: list[str], target: float, stop_at_target: bool) -> dict:
     import numpy as np
 
-    from spark_cf.config import ModelConfig, TrainConfig
+    from spark_cf.config import Config, ModelConfig, TrainConfig, fit_arguments
     from spark_cf.outputs.recommend import top_n
     from spark_cf.reference.numpy_cf import ReferenceObjective
     from spark_cf.schema import IS_VAL, ITEM_IDX, RATING, USER_IDX
@@ -340,8 +340,12 @@ def child_ours(path: str, variants: list[str], target: float, stop_at_target: bo
     prepared[warm_model["biases"]] = _prepared(spark, path, warm_model["biases"])
     fit(
         prepared[warm_model["biases"]],
-        ModelConfig(rank=RANK, seed=SEED, **warm_model),
-        TrainConfig(max_iter=2, **warm_train),
+        **fit_arguments(
+            Config(
+                model=ModelConfig(rank=RANK, seed=SEED, **warm_model),
+                train=TrainConfig(max_iter=2, **warm_train),
+            )
+        ),
     )
     for name in variants:
         model_over, train_over = VARIANTS[name]
@@ -370,8 +374,7 @@ def child_ours(path: str, variants: list[str], target: float, stop_at_target: bo
 
         model, result = fit(
             data,
-            model_cfg,
-            train_cfg,
+            **fit_arguments(Config(model=model_cfg, train=train_cfg)),
             callback=callback,
             stop_when=reached,
             wrap_objective=first_stamp,

@@ -28,9 +28,9 @@ def main() -> int:
     from pyspark.sql import functions as F
     from vs_als import SEED, SPARK_CONF, dataset_path
 
-    from spark_cf.config import ModelConfig, TrainConfig
+    from spark_cf.config import Config, ModelConfig, fit_arguments
     from spark_cf.data.prepare import prepare
-    from spark_cf.model.persistence import save_model
+    from spark_cf.model.persistence import load_model, save_model
     from spark_cf.session import build_session
     from spark_cf.training.fit import fit
 
@@ -59,13 +59,14 @@ def main() -> int:
     yesterday = data_of(ratings.where(F.col("timestamp") < cutoff))
     today = data_of(ratings)
     # warm the JVM and the workers up
-    fit(today, model_cfg, TrainConfig(max_iter=3))
-    model, _ = fit(yesterday, model_cfg, TrainConfig(max_iter=args.max_iter))
+    settings = fit_arguments(Config(model=model_cfg))
+    fit(today, **{**settings, "max_iter": 3})
+    model, _ = fit(yesterday, **{**settings, "max_iter": args.max_iter})
     folder = tempfile.mkdtemp(prefix="warm-start-")
     save_model(spark, model, f"{folder}/model")
 
     runs = {}
-    for name, warm in (("cold", ""), ("warm", f"{folder}/model")):
+    for name, warm in (("cold", None), ("warm", load_model(spark, f"{folder}/model"))):
         stamps: dict[int, float] = {}
         t0 = time.perf_counter()
 
@@ -74,8 +75,8 @@ def main() -> int:
 
         _, result = fit(
             today,
-            model_cfg,
-            TrainConfig(max_iter=args.max_iter, warm_start=warm),
+            **{**settings, "max_iter": args.max_iter},
+            initial_model=warm,
             callback=callback,
         )
         runs[name] = (result, stamps, time.perf_counter() - t0)

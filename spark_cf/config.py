@@ -422,3 +422,35 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         else:
             raw[section][key] = value
     return config_from_dict(raw)
+
+
+def fit_arguments(cfg: Config) -> dict[str, Any]:
+    """``[model]`` and ``[train]`` as the keyword arguments of
+    :func:`spark_cf.training.fit.fit` (``model.reg`` becomes ``reg_param``).
+
+    Left out, for the job to resolve: ``model.mean_normalization`` (applied when the
+    ratings are prepared), ``train.warm_start`` (a path or ``"latest"``: the job loads the
+    model and passes it as ``initial_model``) and the checkpoint keys (the job passes a
+    checkpointer built by :func:`spark_cf.training.checkpoints.from_train_config`).
+    """
+    m, t = cfg.model, cfg.train
+    return {
+        "rank": m.rank,
+        "reg_param": m.reg,
+        "biases": m.biases,
+        "init_scale": m.init_scale,
+        "seed": m.seed,
+        "optimizer": t.optimizer,
+        "learning_rate": t.learning_rate,
+        "max_iter": t.max_iter,
+        "tol": t.tol,
+        "num_user_blocks": t.num_user_blocks,
+        "num_item_blocks": t.num_item_blocks,
+        "momentum": t.momentum,
+        "adam_beta1": t.adam_beta1,
+        "adam_beta2": t.adam_beta2,
+        "adam_epsilon": t.adam_epsilon,
+        "lbfgs_memory": t.lbfgs_memory,
+        "lbfgs_precondition": t.lbfgs_precondition,
+        "divergence_patience": t.divergence_patience,
+    }

@@ -15,6 +15,7 @@ from spark_cf.config import Config
 from spark_cf.data.prepare import prepare
 from spark_cf.data.synthetic import SyntheticSpec, write_parquet
 from spark_cf.errors import CheckpointError, DivergenceError
+from spark_cf.nightly.run import train_with_config
 from spark_cf.reference.numpy_cf import (
     biased_cost_and_gradients,
     cost_and_gradients,
@@ -23,7 +24,6 @@ from spark_cf.reference.numpy_cf import (
 from spark_cf.reference.verify import LBFGS_TRAJECTORY_TOLERANCE
 from spark_cf.schema import IS_VAL, ITEM_IDX, USER_IDX
 from spark_cf.training.blocks import MISS_STREAK, BlockedRatings, range_starts
-from spark_cf.training.fit import fit
 from spark_cf.training.params import Layout, initial_parameters
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -189,10 +189,10 @@ def small_data(ratings):
 def test_divergence_stops_with_a_clear_error(small_data):
     cfg = small_config(learning_rate=0.5)
     with pytest.raises(DivergenceError, match="lower train.learning_rate"):
-        fit(small_data, cfg.model, cfg.train)
+        train_with_config(small_data, cfg)
     cfg = small_config(optimizer="adam", learning_rate=1e6)
     with pytest.raises(DivergenceError, match="lower train.learning_rate"):
-        fit(small_data, cfg.model, cfg.train)
+        train_with_config(small_data, cfg)
 
 
 @pytest.mark.parametrize("optimizer", ["gd", "lbfgs", "adam"])
@@ -200,7 +200,7 @@ def test_checkpoint_and_resume_equal_the_uninterrupted_run(small_data, tmp_path,
     full_cfg = small_config(
         optimizer=optimizer, learning_rate=0.002 if optimizer != "adam" else 0.01
     )
-    full_model, full = fit(small_data, full_cfg.model, full_cfg.train)
+    full_model, full = train_with_config(small_data, full_cfg)
 
     ckpt = str(tmp_path / "ckpt")
     cfg = full_cfg.replace(train={"checkpoint_every": 10, "checkpoint_dir": ckpt})
@@ -213,9 +213,9 @@ def test_checkpoint_and_resume_equal_the_uninterrupted_run(small_data, tmp_path,
             raise Killed
 
     with pytest.raises(Killed):
-        fit(small_data, cfg.model, cfg.train, callback=kill_at_25)
+        train_with_config(small_data, cfg, callback=kill_at_25)
     resumed_cfg = cfg.replace(train={"resume": True})
-    model, result = fit(small_data, resumed_cfg.model, resumed_cfg.train)
+    model, result = train_with_config(small_data, resumed_cfg)
     assert result.resumed_from == 20
     np.testing.assert_array_equal(model.item_factors, full_model.item_factors)
     np.testing.assert_array_equal(model.user_factors, full_model.user_factors)
@@ -223,7 +223,7 @@ def test_checkpoint_and_resume_equal_the_uninterrupted_run(small_data, tmp_path,
 
     other = resumed_cfg.replace(model={"reg": 0.6})
     with pytest.raises(CheckpointError, match="another config or input"):
-        fit(small_data, other.model, other.train)
+        train_with_config(small_data, other)
 
 
 def test_a_thousand_iterations_without_growing_lineage(spark):
@@ -245,7 +245,7 @@ def test_a_thousand_iterations_without_growing_lineage(spark):
             "num_item_blocks": 1,
         },
     )
-    model, result = fit(data, cfg.model, cfg.train)
+    model, result = train_with_config(data, cfg)
     assert result.iterations == 1000 and len(result.history) == 1001
     costs = np.array([h["cost"] for h in result.history])
     assert np.all(np.diff(costs) <= 1e-12)
@@ -263,7 +263,7 @@ def test_same_result_whatever_the_input_partitioning(ratings):
             mean_normalization=True,
             biases=False,
         )
-        model, _ = fit(data, cfg.model, cfg.train)
+        model, _ = train_with_config(data, cfg)
         results.append(model)
         data.ratings.unpersist()
     np.testing.assert_array_equal(results[0].item_factors, results[1].item_factors)
@@ -328,10 +328,10 @@ def test_preconditioned_lbfgs_on_spark_follows_the_reference(small_data):
     from spark_cf.reference.verify import reference_for
 
     cfg = small_config(optimizer="lbfgs", lbfgs_precondition=True, max_iter=25)
-    model, result = fit(small_data, cfg.model, cfg.train)
+    model, result = train_with_config(small_data, cfg)
     reference, layout = reference_for(small_data, cfg)
     plain_cfg = small_config(optimizer="lbfgs", max_iter=25)
-    _, plain = fit(small_data, plain_cfg.model, plain_cfg.train)
+    _, plain = train_with_config(small_data, plain_cfg)
     # the preconditioner changes the path: the plain run lands elsewhere
     assert abs(plain.final_cost - result.final_cost) > 1e-6 * result.final_cost
     assert result.iterations == reference.iterations

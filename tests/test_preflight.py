@@ -149,7 +149,6 @@ def test_a_warm_start_model_of_another_rank_is_refused_before_the_ratings(spark,
 
 @pytest.mark.spark
 def test_fit_warns_when_the_rank_exceeds_the_items_it_indexed(spark, caplog):
-    from spark_cf.config import ModelConfig, TrainConfig
     from spark_cf.data.prepare import prepare
     from spark_cf.training.fit import fit
 
@@ -163,7 +162,7 @@ def test_fit_warns_when_the_rank_exceeds_the_items_it_indexed(spark, caplog):
     )
     try:
         with caplog.at_level(logging.WARNING, logger="spark_cf.training.fit"):
-            fit(data, ModelConfig(rank=4), TrainConfig(max_iter=1, num_user_blocks=1))
+            fit(data, rank=4, max_iter=1, num_user_blocks=1)
     finally:
         data.ratings.unpersist()
     messages = [r.getMessage() for r in caplog.records]

@@ -244,7 +244,7 @@ def test_gd_tolerance_stops_early():
 
 
 def test_resume_after_a_run_that_stopped_at_a_checkpoint(tmp_path):
-    from spark_cf.training.loop import CheckpointPolicy
+    from spark_cf.training.checkpoints import Checkpointer
 
     i, u, y, items, users = low_rank_ratings()
     kw = dict(
@@ -256,7 +256,7 @@ def test_resume_after_a_run_that_stopped_at_a_checkpoint(tmp_path):
         tol=1e-4,
     )
     done, _, _ = train_reference(
-        i, u, y, items, users, **kw, checkpoint=CheckpointPolicy(str(tmp_path), every=1)
+        i, u, y, items, users, **kw, checkpoint=Checkpointer(str(tmp_path), every=1)
     )
     assert done.stop_reason == "converged"
     again, _, _ = train_reference(
@@ -266,7 +266,7 @@ def test_resume_after_a_run_that_stopped_at_a_checkpoint(tmp_path):
         items,
         users,
         **kw,
-        checkpoint=CheckpointPolicy(str(tmp_path), every=1, resume=True),
+        checkpoint=Checkpointer(str(tmp_path), every=1, resume=True),
     )
     assert again.resumed_from == done.iterations == again.iterations
     assert again.stop_reason == "converged"

@@ -14,8 +14,7 @@ import pytest
 
 from spark_cf.config import load_config
 from spark_cf.data.synthetic import SyntheticSpec, write_parquet
-from spark_cf.nightly.run import ingest_and_prepare
-from spark_cf.training.fit import fit
+from spark_cf.nightly.run import ingest_and_prepare, train_with_config
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 GROUP = "spark-cf-kill-test"
@@ -119,14 +118,14 @@ def test_a_killed_python_worker_is_retried_and_the_model_is_unchanged(spark, tmp
     )
     cfg = load_config(str(conf))
     ingested, data = ingest_and_prepare(spark, cfg, {})
-    undisturbed, _ = fit(data, cfg.model, cfg.train)
+    undisturbed, _ = train_with_config(data, cfg)
 
     sc = spark.sparkContext
     killer = WorkerKiller(sc.statusTracker())
     sc.setJobGroup(GROUP, "training with a worker killed")
     killer.start()
     try:
-        disturbed, result = fit(data, cfg.model, cfg.train)
+        disturbed, result = train_with_config(data, cfg)
     finally:
         killer.finished.set()
         killer.join()

@@ -20,9 +20,10 @@ from typing import Any
 from pyspark.sql import functions as F
 
 from spark_cf import storage
-from spark_cf.config import Config
+from spark_cf.config import Config, fit_arguments
 from spark_cf.data.ingest import IngestResult, ingest
 from spark_cf.data.prepare import TrainingData, prepare
+from spark_cf.errors import ConfigError
 from spark_cf.model.persistence import load_model, save_model
 from spark_cf.model.scoring import SCORING_RULE
 from spark_cf.nightly import preflight
@@ -32,6 +33,7 @@ from spark_cf.outputs.recommend import predict, rated_pairs, recommendations
 from spark_cf.outputs.report import convergence_png, metrics_table
 from spark_cf.schema import IS_VAL, ITEM, ITEM_IDX, RATING, USER, USER_IDX
 from spark_cf.session import recorded_config, settings_in_force
+from spark_cf.training.checkpoints import from_train_config
 from spark_cf.training.fit import fit
 from spark_cf.training.loop import TrainResult
 
@@ -125,9 +127,28 @@ def resolve_warm_start(spark, cfg: Config, date: str | None = None) -> Config:
     return cfg.replace(train={"warm_start": f"{runs[-1]}/model"})
 
 
+def train_with_config(data: TrainingData, cfg: Config, **extra: Any):
+    """:func:`~spark_cf.training.fit.fit` with the job's settings: ``[model]`` and
+    ``[train]`` as arguments, the model at ``train.warm_start`` (a path; resolve
+    ``"latest"`` first) as the initial model, and the checkpoints of ``[train]``."""
+    if cfg.train.warm_start == "latest":
+        raise ConfigError(
+            "train.warm_start = 'latest' is resolved by the nightly job only; give the "
+            "model folder of an earlier run, e.g. output/run_date=2026-11-24/model"
+        )
+    initial = None
+    if cfg.train.warm_start:
+        initial = load_model(data.ratings.sparkSession, cfg.train.warm_start)
+        log.info("warm start from %s", cfg.train.warm_start)
+    checkpointer = from_train_config(cfg.train)
+    return fit(
+        data, **fit_arguments(cfg), initial_model=initial, checkpointer=checkpointer, **extra
+    )
+
+
 def _train(data: TrainingData, cfg: Config, timings: dict[str, float], name: str):
     with stage(name, timings):
-        return fit(data, cfg.model, cfg.train)
+        return train_with_config(data, cfg)
 
 
 def clip_range(cfg: Config) -> tuple[float, float] | None:

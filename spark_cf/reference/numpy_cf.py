@@ -13,7 +13,7 @@ import numpy as np
 
 from spark_cf.model.normalization import Normalization
 from spark_cf.model.scoring import item_offsets, score_pairs
-from spark_cf.training.loop import CheckpointPolicy, TrainResult, fingerprint_of, minimize
+from spark_cf.training.loop import Checkpointing, TrainResult, fingerprint_of, minimize
 from spark_cf.training.optimizers import Evaluation, OptimizerSettings, make_optimizer
 from spark_cf.training.params import Layout, initial_parameters, row_preconditioner
 
@@ -202,7 +202,7 @@ def train_reference(
     mean_normalization: bool = True,
     divergence_patience: int = 3,
     validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-    checkpoint: CheckpointPolicy | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> tuple[TrainResult, Layout, Normalization]:
     """Fit the model on raw ratings given as index arrays, single node.
 
@@ -251,7 +251,7 @@ def train_reference(
         max_iter=max_iter,
         tol=tol,
         divergence_patience=divergence_patience,
-        checkpoint=checkpoint,
+        checkpointer=checkpoint,
         fingerprint=fingerprint,
     )
     return result, layout, norm

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spark_cf.config import Config
+from spark_cf.config import Config, fit_arguments
 from spark_cf.data.prepare import TrainingData
 from spark_cf.model.cf_model import CFModel
 from spark_cf.reference.numpy_cf import ReferenceObjective, train_reference
@@ -305,7 +305,7 @@ def verify(
         wrapped.append(Lockstep(shared or objective, reference_objective))
         return wrapped[0]
 
-    model, result = fit(data, cfg.model, cfg.train, wrap_objective=wrap, blocks=blocks)
+    model, result = fit(data, **fit_arguments(cfg), wrap_objective=wrap, blocks=blocks)
     a = data.arrays()
     report = compare(
         model,

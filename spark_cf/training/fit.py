@@ -1,8 +1,18 @@
-"""Fit the model on Spark: block and cache the ratings, start, run the optimiser."""
+"""Fit the model on Spark: block and cache the ratings, start, run the optimiser.
+
+:func:`fit` takes plain keyword arguments (ALS's vocabulary in snake_case): the nightly
+job turns its config into them (:func:`spark_cf.config.fit_arguments`), the pyspark.ml
+Estimator (:class:`spark_cf.ml.SparkCF`) its Params. It reads and writes no files: a warm
+start is a model given as ``initial_model``, checkpoints go through a ``checkpointer``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -10,65 +20,105 @@ from spark_cf.config import ModelConfig, TrainConfig
 from spark_cf.data.indexing import IdIndex
 from spark_cf.data.prepare import TrainingData
 from spark_cf.model.cf_model import CFModel
-from spark_cf.model.persistence import load_model
 from spark_cf.training.blocks import BlockedRatings, choose_blocks
-from spark_cf.training.loop import CheckpointPolicy, TrainResult, fingerprint_of, minimize
+from spark_cf.training.loop import Checkpointing, TrainResult, fingerprint_of, minimize
 from spark_cf.training.optimizers import OptimizerSettings, make_optimizer
 from spark_cf.training.params import Layout, initial_parameters, row_preconditioner
 
 log = logging.getLogger(__name__)
 
+_M, _T = ModelConfig, TrainConfig  # the defaults live there (conf/default.toml)
+#: a regularisation this small against the ratings per row counts as "ALS's scale": see
+#: :func:`warn_reg`
+ALS_SCALE_REG = 0.01
+
 
 def optimizer_settings(train: TrainConfig) -> OptimizerSettings:
+    """The optimiser settings of ``[train]`` (the fields share their names)."""
     return OptimizerSettings(
-        learning_rate=train.learning_rate,
-        momentum=train.momentum,
-        adam_beta1=train.adam_beta1,
-        adam_beta2=train.adam_beta2,
-        adam_epsilon=train.adam_epsilon,
-        lbfgs_memory=train.lbfgs_memory,
-        lbfgs_precondition=train.lbfgs_precondition,
+        **{f.name: getattr(train, f.name) for f in dataclasses.fields(OptimizerSettings)}
     )
-
-
-def training_fingerprint(model: ModelConfig, train: TrainConfig, data_summary: dict) -> str:
-    """What a checkpoint must match: the settings the trajectory depends on and the data."""
-    keep_train = {
-        k: v
-        for k, v in train.__dict__.items()
-        if k not in ("max_iter", "tol", "checkpoint_every", "checkpoint_dir", "resume")
-    }
-    return fingerprint_of({"model": model.__dict__, "train": keep_train, "data": data_summary})
 
 
 def fit(
     data: TrainingData,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
     *,
-    callback=None,
-    stop_when=None,
-    wrap_objective=None,
+    rank: int = _M.rank,
+    reg_param: float = _M.reg,
+    max_iter: int = _T.max_iter,
+    tol: float = _T.tol,
+    seed: int = _M.seed,
+    optimizer: str = _T.optimizer,
+    learning_rate: float = _T.learning_rate,
+    biases: bool = _M.biases,
+    init_scale: float = _M.init_scale,
+    num_user_blocks: int = _T.num_user_blocks,
+    num_item_blocks: int = _T.num_item_blocks,
+    momentum: float = _T.momentum,
+    adam_beta1: float = _T.adam_beta1,
+    adam_beta2: float = _T.adam_beta2,
+    adam_epsilon: float = _T.adam_epsilon,
+    lbfgs_memory: int = _T.lbfgs_memory,
+    lbfgs_precondition: bool = _T.lbfgs_precondition,
+    divergence_patience: int = _T.divergence_patience,
+    initial_model: CFModel | None = None,
+    checkpointer: Checkpointing | None = None,
+    callback: Callable[[int, float, float], None] | None = None,
+    stop_when: Callable[[dict[str, float]], bool] | None = None,
+    wrap_objective: Callable | None = None,
     blocks: BlockedRatings | None = None,
 ) -> tuple[CFModel, TrainResult]:
-    """Fit on Spark: block and cache the ratings, then run the configured optimiser.
+    """Fit on Spark: block and cache the ratings, then run the optimiser.
 
-    Returns the model (on the driver) and the training result with its history.
-    ``wrap_objective(f) -> f'`` may wrap the Spark objective (the parity check does).
-    ``callback`` and ``stop_when`` are passed to :func:`spark_cf.training.loop.minimize`.
-    ``blocks`` reuses ratings already blocked and cached (and leaves them cached).
+    The defaults are ``conf/default.toml``'s (:class:`~spark_cf.config.ModelConfig`,
+    :class:`~spark_cf.config.TrainConfig`); the objective and the update rules are in
+    :mod:`spark_cf.training.loop`.
+
+    Parameters
+    ----------
+    data
+        Prepared ratings (:func:`spark_cf.data.prepare.prepare`): the normalisation
+        (``mean_normalization``) was chosen there, with the same ``biases``.
+    rank, reg_param, biases, init_scale, seed
+        The model: ``reg_param`` is lambda on the summed cost (``model.reg``), not ALS's
+        per-rating ``regParam``.
+    max_iter, tol, optimizer, learning_rate, momentum, adam_beta1, adam_beta2, adam_epsilon,
+    lbfgs_memory, lbfgs_precondition, divergence_patience
+        The optimiser and the stopping rules (``[train]``).
+    num_user_blocks, num_item_blocks
+        The block grid; 0 = from the data size and the cores.
+    initial_model
+        A warm start: the users and items it knows (matched by raw id) start from its
+        features and biases, the others at random. Its rank must be ``rank``.
+    checkpointer
+        Where the loop saves and resumes its state
+        (:class:`spark_cf.training.checkpoints.Checkpointer`); None = no checkpoints. A
+        checkpoint is refused unless the data and every argument but ``max_iter`` and
+        ``tol`` (and the start, warm or random) are the same.
+    callback, stop_when
+        Passed to :func:`spark_cf.training.loop.minimize`.
+    wrap_objective
+        ``wrap_objective(f) -> f'`` wraps the Spark objective (the parity check does).
+    blocks
+        Ratings already blocked and cached (left cached); None = block them here and
+        release them at the end.
+
+    Returns
+    -------
+    (CFModel, TrainResult)
+        The model on the driver and the run with its history.
+
+    Raises
+    ------
+    ModelError
+        ``initial_model`` has another rank.
+    DivergenceError, CheckpointError
+        From the loop.
     """
-    if train_cfg.warm_start == "latest":
-        from spark_cf.errors import ConfigError
-
-        raise ConfigError(
-            "train.warm_start = 'latest' is resolved by the nightly job only; give the "
-            "model folder of an earlier run, e.g. output/run_date=2026-11-24/model"
-        )
     spark = data.ratings.sparkSession
     cores = spark.sparkContext.defaultParallelism
     user_blocks, item_blocks = choose_blocks(
-        data.num_train + data.num_val, train_cfg.num_user_blocks, train_cfg.num_item_blocks, cores
+        data.num_train + data.num_val, num_user_blocks, num_item_blocks, cores
     )
     index = data.index
     owned = blocks is None
@@ -82,17 +132,24 @@ def fit(
             item_blocks=item_blocks,
         )
     user_blocks, item_blocks = blocks.user_blocks, blocks.item_blocks
+    settings = OptimizerSettings(
+        learning_rate=learning_rate,
+        momentum=momentum,
+        adam_beta1=adam_beta1,
+        adam_beta2=adam_beta2,
+        adam_epsilon=adam_epsilon,
+        lbfgs_memory=lbfgs_memory,
+        lbfgs_precondition=lbfgs_precondition,
+    )
     try:
-        layout = Layout(index.num_items, index.num_users, model_cfg.rank, model_cfg.biases)
-        warn_rank(model_cfg.rank, index.num_users, index.num_items)
-        w0 = initial_parameters(layout, init_scale=model_cfg.init_scale, seed=model_cfg.seed)
-        if train_cfg.warm_start:
-            w0 = warm_start_parameters(
-                load_model(spark, train_cfg.warm_start), layout, index, w0, train_cfg.warm_start
-            )
-        optimizer = make_optimizer(
-            train_cfg.optimizer,
-            optimizer_settings(train_cfg),
+        layout = Layout(index.num_items, index.num_users, rank, biases)
+        warn_rank(rank, index.num_users, index.num_items)
+        w0 = initial_parameters(layout, init_scale=init_scale, seed=seed)
+        if initial_model is not None:
+            w0 = warm_start_parameters(initial_model, layout, index, w0)
+        opt = make_optimizer(
+            optimizer,
+            settings,
             layout.size,
             row_preconditioner(layout, blocks.item_counts, blocks.user_counts),
         )
@@ -104,35 +161,38 @@ def fit(
             "items": index.num_items,
             "blocks": [user_blocks, item_blocks],
         }
-        checkpoint = None
-        if train_cfg.checkpoint_dir:
-            checkpoint = CheckpointPolicy(
-                train_cfg.checkpoint_dir, train_cfg.checkpoint_every, train_cfg.resume
-            )
+        settings_used = {
+            "rank": rank,
+            "reg_param": reg_param,
+            "biases": biases,
+            "optimizer": optimizer,
+            "divergence_patience": divergence_patience,
+            **dataclasses.asdict(settings),
+        }
         log.info(
             "training: rank %d, reg %g, %s (learning rate %g), biases %s, max %d iterations, "
             "%dx%d blocks",
-            model_cfg.rank,
-            model_cfg.reg,
-            train_cfg.optimizer,
-            train_cfg.learning_rate,
-            model_cfg.biases,
-            train_cfg.max_iter,
+            rank,
+            reg_param,
+            optimizer,
+            learning_rate,
+            biases,
+            max_iter,
             user_blocks,
             item_blocks,
         )
-        objective = blocks.objective(layout, model_cfg.reg)
+        objective = blocks.objective(layout, reg_param)
         if wrap_objective is not None:
             objective = wrap_objective(objective)
         result = minimize(
             objective,
             w0,
-            optimizer,
-            max_iter=train_cfg.max_iter,
-            tol=train_cfg.tol,
-            divergence_patience=train_cfg.divergence_patience,
-            checkpoint=checkpoint,
-            fingerprint=training_fingerprint(model_cfg, train_cfg, summary),
+            opt,
+            max_iter=max_iter,
+            tol=tol,
+            divergence_patience=divergence_patience,
+            checkpointer=checkpointer,
+            fingerprint=training_fingerprint(settings_used, summary, data, w0),
             callback=callback,
             stop_when=stop_when,
         )
@@ -147,14 +207,34 @@ def fit(
         user_factors=layout.Theta(w).copy(),
         item_means=data.normalization.item_means.copy(),
         global_mean=data.normalization.global_mean,
-        item_bias=layout.item_bias(w).copy() if model_cfg.biases else None,
-        user_bias=layout.user_bias(w).copy() if model_cfg.biases else None,
+        item_bias=layout.item_bias(w).copy() if biases else None,
+        user_bias=layout.user_bias(w).copy() if biases else None,
     )
     return model, result
 
 
+def training_fingerprint(
+    settings: dict[str, Any], data_summary: dict[str, Any], data: TrainingData, w0: np.ndarray
+) -> str:
+    """What a checkpoint must match: the settings the trajectory depends on (all but
+    ``max_iter`` and ``tol``), the data (its blocks and its normalisation) and the start
+    ``w0`` (which covers ``seed``, ``init_scale`` and a warm start's model)."""
+    norm = data.normalization
+    return fingerprint_of(
+        {
+            "settings": settings,
+            "data": data_summary,
+            "normalization": [
+                hashlib.sha256(np.ascontiguousarray(norm.item_means).tobytes()).hexdigest(),
+                repr(float(norm.global_mean)),
+            ],
+            "start": hashlib.sha256(np.ascontiguousarray(w0).tobytes()).hexdigest(),
+        }
+    )
+
+
 def warm_start_parameters(
-    previous: CFModel, layout: Layout, index: IdIndex, w0: np.ndarray, source: str = ""
+    previous: CFModel, layout: Layout, index: IdIndex, w0: np.ndarray
 ) -> np.ndarray:
     """``w0`` with the rows of the users and items ``previous`` knows (matched by raw id)
     replaced by their fitted features and biases; the others keep their random start.
@@ -165,9 +245,9 @@ def warm_start_parameters(
 
     if previous.rank != layout.rank:
         raise ModelError(
-            f"train.warm_start: the model at {source or 'the warm start'} has rank "
-            f"{previous.rank}, this run model.rank = {layout.rank}; use the same rank or "
-            f"train.warm_start = ''"
+            f"the warm start's model (train.warm_start, or initial_model) has rank "
+            f"{previous.rank}, this fit's model.rank (rank) = {layout.rank}; use the same "
+            f"rank, or start cold (train.warm_start = '', initial_model=None)"
         )
     w = np.array(w0, dtype=np.float64, copy=True)
     users = previous.index.user_positions(index.user_ids)
@@ -179,8 +259,7 @@ def warm_start_parameters(
         layout.user_bias(w)[u_new] = previous.user_bias[users[u_new]]
         layout.item_bias(w)[i_new] = previous.item_bias[items[i_new]]
     log.info(
-        "warm start from %s: %d of %d users and %d of %d items carried over%s",
-        source or "a previous model",
+        "warm start: %d of %d users and %d of %d items carried over%s",
         len(u_new),
         index.num_users,
         len(i_new),
@@ -203,5 +282,37 @@ def warn_rank(rank: int, num_users: int, num_items: int) -> bool:
         " and ".join(fewer),
         num_users,
         num_items,
+    )
+    return True
+
+
+def warn_reg(reg: float, num_ratings: int, num_users: int, num_items: int, key: str) -> bool:
+    """Log a warning when the regularisation ``reg`` (named ``key`` in the message) is on
+    ALS's per-rating scale rather than ours; returns whether it warned.
+
+    Our lambda weighs the summed cost, ALS's ``regParam`` each row's ratings, so our
+    lambda acts like ALS's ``lambda / n`` on a row with ``n`` ratings. With ``n`` the mean
+    ratings per row (users and items together), ``reg / n`` below
+    :data:`ALS_SCALE_REG` (ALS's smallest usual value) leaves the model nearly
+    unregularised: typically ALS's ``regParam = 0.1`` copied as it is.
+    """
+    rows = num_users + num_items
+    if reg <= 0 or not rows or not num_ratings:
+        return False
+    per_row = 2.0 * num_ratings / rows
+    if reg / per_row >= ALS_SCALE_REG:
+        return False
+    log.warning(
+        "%s = %g regularises the summed cost, not each rating as ALS's regParam does: with "
+        "%.1f ratings per user or item on average it weighs like ALS's regParam = %.2g, "
+        "nearly no regularisation. For the effect of ALS's regParam r set %s to about "
+        "r x %.1f (%.3g for ALS's 0.1), or choose it with CrossValidator",
+        key,
+        reg,
+        per_row,
+        reg / per_row,
+        key,
+        per_row,
+        0.1 * per_row,
     )
     return True

@@ -29,11 +29,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from spark_cf import storage
 from spark_cf.errors import DivergenceError
 from spark_cf.training.optimizers import Evaluation, Objective, Optimizer
 
@@ -43,13 +42,16 @@ log = logging.getLogger(__name__)
 BLOW_UP_FACTOR = 1e6
 
 
-@dataclass(frozen=True)
-class CheckpointPolicy:
-    """Where and how often to checkpoint, and whether to resume from the last one."""
+class Checkpointing(Protocol):
+    """What the loop asks of a checkpointer (:class:`spark_cf.training.checkpoints.Checkpointer`
+    keeps the states in files): a state to resume from, whether an iteration is due, and
+    where to hand a state to keep."""
 
-    directory: str = ""
-    every: int = 0
-    resume: bool = False
+    def load(self, fingerprint: str) -> dict[str, Any] | None: ...
+
+    def due(self, iteration: int) -> bool: ...
+
+    def save(self, fingerprint: str, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -99,7 +101,7 @@ def minimize(
     max_iter: int,
     tol: float,
     divergence_patience: int = 3,
-    checkpoint: CheckpointPolicy | None = None,
+    checkpointer: Checkpointing | None = None,
     fingerprint: str = "",
     callback: Callable[[int, float, float], None] | None = None,
     stop_when: Callable[[dict[str, float]], bool] | None = None,
@@ -116,10 +118,11 @@ def minimize(
         A fresh optimiser from :func:`spark_cf.training.optimizers.make_optimizer`.
     max_iter, tol, divergence_patience
         Stopping and divergence rules.
-    checkpoint
-        Save ``(w, optimiser state, iteration, history)`` every ``every`` iterations; with
-        ``resume``, start from the last checkpoint in ``directory`` (refused when its
-        ``fingerprint`` differs: another config or input).
+    checkpointer
+        Given ``(w, optimiser state, iteration, history)`` after each iteration it says is
+        due; the run starts from the state it loads, if any (a checkpointer refuses a
+        state whose ``fingerprint`` differs: another config or input). None: no
+        checkpoints. The loop itself reads and writes no files.
     fingerprint
         Identifies the data and the settings the trajectory depends on.
     callback
@@ -133,8 +136,8 @@ def minimize(
     resumed_from = None
     rises = 0
     state = None
-    if checkpoint is not None and checkpoint.resume:
-        state = storage.load_checkpoint(checkpoint.directory, fingerprint)
+    if checkpointer is not None:
+        state = checkpointer.load(fingerprint)
     if state is not None:
         w = state["w"]
         iteration = int(state["iteration"])
@@ -150,7 +153,7 @@ def minimize(
             "resumed from the checkpoint at iteration %d (cost %.6g) in %s",
             iteration,
             ev.cost,
-            checkpoint.directory,
+            checkpointer,
         )
     else:
         w = np.array(w0, dtype=np.float64, copy=True)
@@ -215,9 +218,8 @@ def minimize(
             stop = "no_progress"
         elif 0 <= decrease < tol:
             stop = "converged"
-        if checkpoint is not None and checkpoint.every and iteration % checkpoint.every == 0:
-            storage.save_checkpoint(
-                checkpoint.directory,
+        if checkpointer is not None and checkpointer.due(iteration):
+            checkpointer.save(
                 fingerprint,
                 {
                     "w": w,
