@@ -1,6 +1,7 @@
 # spark-cf: the two quick-start commands and a few helpers. Needs Python 3.10+ and Java 17+.
 #   make nightly   install, generate the embedded default data if missing, run the nightly job
-#   make test      install with the test extra and run the test suite
+#   make test      install with the test extra and run the test suite (test-all: with the
+#                  `extended` variants too)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ DATA := data/synthetic/ratings.parquet
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install nightly test dist bench bench-als clean
+.PHONY: install nightly test test-all dist bench bench-als clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +30,11 @@ $(DATA): | install
 nightly: install $(DATA)
 	$(BIN)/spark-submit --master 'local[2]' --driver-memory 4g jobs/nightly.py --config conf/local.toml
 
+# make test (and CI) leaves out the `extended` variants (see pyproject.toml); test-all runs them.
 test: install
+	$(BIN)/python -m pytest -m "not extended" $(PYTEST_ARGS)
+
+test-all: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The library as one zip for spark-submit --py-files (see README, "On a cluster").

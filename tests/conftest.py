@@ -10,6 +10,14 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """A test that uses the session is a ``spark`` test even when its module forgot the
+    marker, so ``-m "not spark"`` selects only tests that start no JVM."""
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("spark"):
+            item.add_marker(pytest.mark.spark)
+
+
 @pytest.fixture(scope="session")
 def spark():
     from spark_cf.session import build_session

@@ -21,6 +21,9 @@ from spark_cf.training.blocks import BlockedRatings
 from spark_cf.training.params import Layout
 
 GRIDS = [(1, 1), (2, 3), (4, 4)]
+#: The grids make test runs: one block, and an uneven multi-block grid. (4, 4) adds more
+#: blocks of the same kind and costs as much as both (16 tasks per job on 2 cores).
+QUICK_GRIDS = [(1, 1), (2, 3)]
 OPTIMIZERS = {"gd": 0.002, "momentum": 0.001, "nesterov": 0.001, "adam": 0.01, "lbfgs": 1.0}
 VARIANTS = [False, True]
 ITERATIONS = 100
@@ -40,8 +43,9 @@ def matrix_config(optimizer: str, biases: bool, grid: tuple[int, int]) -> Config
     )
 
 
-def run_matrix(ratings_df) -> list[dict]:
-    """Parity reports for the whole matrix on one DataFrame of raw ratings.
+def run_matrix(ratings_df, grids: list[tuple[int, int]] = GRIDS) -> list[dict]:
+    """Parity reports for the matrix (every optimiser and variant, on ``grids``) on one
+    DataFrame of raw ratings.
 
     For each variant and grid the ratings are blocked once, and the five optimisers train
     side by side in driver threads, sharing one Spark job per round of evaluations
@@ -57,7 +61,7 @@ def run_matrix(ratings_df) -> list[dict]:
             mean_normalization=True,
             biases=biases,
         )
-        for grid in GRIDS:
+        for grid in grids:
             blocks = BlockedRatings(
                 data.ratings,
                 num_users=data.index.num_users,

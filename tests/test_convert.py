@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import logging
 from pathlib import Path
@@ -64,8 +65,21 @@ def test_parse_columns_refuses_bad_mappings(text, message):
 
 
 def test_resolve_format_presets_and_refusals():
-    assert FORMATS["movietweetings"].item_type == "string"
-    assert resolve_format("movielens", delimiter=";").delimiter == ";"
+    # a preset without overrides comes back as it is
+    for name, preset in FORMATS.items():
+        assert resolve_format(name) == preset, name
+    # each override replaces its own field and nothing else
+    overrides = {
+        "delimiter": ";",
+        "header": True,
+        "columns": {"user": 0, "item": 1, "rating": 2},
+        "user_type": "string",
+        "item_type": "long",
+    }
+    for field, value in overrides.items():
+        got = resolve_format("movietweetings", **{field: value})
+        assert got == dataclasses.replace(FORMATS["movietweetings"], **{field: value}), field
+        assert got != FORMATS["movietweetings"], field
     with pytest.raises(ConfigError, match="unknown format 'tsv'"):
         resolve_format("tsv")
     with pytest.raises(ConfigError, match="delimiter must not be empty"):

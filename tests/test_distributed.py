@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +51,11 @@ def ratings(spark, ratings_path):
     return spark.read.parquet(ratings_path).select("user_id", "item_id", "rating")
 
 
-def check_matrix(rows: list[dict]) -> None:
+def check_matrix(rows: list[dict], grids: list[tuple[int, int]]) -> None:
     combos = {(r["optimizer"], r["biases"], tuple(r["grid"])) for r in rows}
-    assert len(combos) == len(parity_matrix.OPTIMIZERS) * 2 * len(parity_matrix.GRIDS)
+    assert combos == {
+        (o, b, g) for o in parity_matrix.OPTIMIZERS for b in parity_matrix.VARIANTS for g in grids
+    }
     for r in rows:
         name = f"{r['optimizer']} biases={r['biases']} grid={r['grid']}"
         assert r["iterations_spark"] == parity_matrix.ITERATIONS, name
@@ -70,11 +73,26 @@ def check_matrix(rows: list[dict]) -> None:
 
 
 def test_parity_matrix_local2(ratings):
-    check_matrix(parity_matrix.run_matrix(ratings))
+    """Every optimiser and model variant on one block and on an uneven 2 x 3 grid."""
+    grids = parity_matrix.QUICK_GRIDS
+    check_matrix(parity_matrix.run_matrix(ratings, grids), grids)
 
 
 @pytest.mark.slow
+@pytest.mark.extended
+def test_parity_matrix_local2_on_a_four_by_four_grid(ratings):
+    """More blocks of the same kind as the 2 x 3 grid of test_parity_matrix_local2, which
+    keeps the coverage in make test."""
+    check_matrix(parity_matrix.run_matrix(ratings, [(4, 4)]), [(4, 4)])
+
+
+@pytest.mark.slow
+@pytest.mark.extended
 def test_parity_matrix_local1(ratings_path, tmp_path):
+    """The whole matrix on one core. make test keeps: the matrix on local[2]
+    (test_parity_matrix_local2), the same model whatever the input partitioning
+    (test_same_result_whatever_the_input_partitioning) and the same tables bit for bit on
+    two one-core executors as on local[2] (test_cluster.py)."""
     out = tmp_path / "local1.json"
     proc = subprocess.run(
         [sys.executable, str(Path(parity_matrix.__file__)), "local[1]", ratings_path, str(out)],
@@ -83,7 +101,7 @@ def test_parity_matrix_local1(ratings_path, tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    check_matrix(json.loads(out.read_text()))
+    check_matrix(json.loads(out.read_text()), parity_matrix.GRIDS)
 
 
 def test_blocks_hold_every_rating_once_in_compact_arrays(ratings):
@@ -226,7 +244,49 @@ def test_checkpoint_and_resume_equal_the_uninterrupted_run(small_data, tmp_path,
         train_with_config(small_data, other)
 
 
-def test_a_thousand_iterations_without_growing_lineage(spark):
+LINEAGE_GROUP = "spark-cf-lineage-test"
+LINEAGE_ITERATIONS = 200
+
+
+class LineageProbe:
+    """Wraps the Spark objective of a training run (``fit(wrap_objective=...)``) and records,
+    at every evaluation, the RDDs it runs its jobs over and their lineage as Spark prints
+    it. The jobs themselves are read from the status tracker after the run."""
+
+    def __init__(self) -> None:
+        self.lineages: list[tuple[bytes, bytes]] = []
+        self.rdd_objects: list[tuple[int, int]] = []
+
+    def wrap(self, objective):
+        def evaluate(w):
+            ev = objective(w)
+            blocks = objective.blocks
+            self.lineages.append((blocks.rdd.toDebugString(), blocks.ids_rdd.toDebugString()))
+            self.rdd_objects.append((id(blocks.rdd), id(blocks.ids_rdd)))
+            return ev
+
+        return evaluate
+
+
+def group_jobs(sc, group: str) -> list[int]:
+    """The jobs of ``group`` once the status tracker has seen them all (it learns of jobs
+    from the listener bus, a little after they end)."""
+    tracker = sc.statusTracker()
+    seen: list[int] = []
+    for _ in range(50):
+        time.sleep(0.2)
+        jobs = sorted(tracker.getJobIdsForGroup(group))
+        if jobs == seen:
+            break
+        seen = jobs
+    return seen
+
+
+def test_iterations_do_not_grow_the_lineage(spark):
+    """Every evaluation runs the same jobs over the same cached RDDs: the lineage Spark
+    prints for them is the same string at the last iteration as at the first, every
+    evaluation runs one or two jobs, and no job has more stages than the first ones. (A
+    growing lineage shows from the second iteration on, so 200 iterations are plenty.)"""
     df = spark.createDataFrame(
         [(1, 1, 4.0), (1, 2, 3.0), (2, 1, 5.0), (3, 2, 2.0)],
         "user_id long, item_id long, rating double",
@@ -239,16 +299,37 @@ def test_a_thousand_iterations_without_growing_lineage(spark):
         train={
             "optimizer": "gd",
             "learning_rate": 0.05,
-            "max_iter": 1000,
+            "max_iter": LINEAGE_ITERATIONS,
             "tol": 0.0,
             "num_user_blocks": 1,
             "num_item_blocks": 1,
         },
     )
-    model, result = train_with_config(data, cfg)
-    assert result.iterations == 1000 and len(result.history) == 1001
+    sc = spark.sparkContext
+    probe = LineageProbe()
+    sc.setJobGroup(LINEAGE_GROUP, "lineage test")
+    try:
+        model, result = train_with_config(data, cfg, wrap_objective=probe.wrap)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        data.ratings.unpersist()
+    n = LINEAGE_ITERATIONS
+    assert result.iterations == n and len(result.history) == n + 1
     costs = np.array([h["cost"] for h in result.history])
     assert np.all(np.diff(costs) <= 1e-12)
+    assert len(probe.lineages) == result.evaluations == n + 1
+    # the same RDD objects, with the same lineage, from the first evaluation to the last
+    assert len(set(probe.rdd_objects)) == 1
+    first, last = probe.lineages[0], probe.lineages[-1]
+    assert last == first, f"lineage changed:\n{first}\n---\n{last}"
+    assert len(set(probe.lineages)) == 1
+    # one job per evaluation (two when a block had to come from Spark's cache), plus the
+    # few that cache the blocks and drop them; and the jobs of the last iterations have no
+    # more stages (skipped ones included) than the first jobs
+    tracker = sc.statusTracker()
+    stages = [len(tracker.getJobInfo(j).stageIds) for j in group_jobs(sc, LINEAGE_GROUP)]
+    assert result.evaluations <= len(stages) <= 2 * result.evaluations + 4, len(stages)
+    assert max(stages[-n // 2 :]) <= max(stages[:5]), stages[-10:]
 
 
 def test_same_result_whatever_the_input_partitioning(ratings):

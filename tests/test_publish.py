@@ -9,6 +9,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -187,6 +188,31 @@ def test_crash_at_each_step_leaves_a_complete_run_and_the_next_run_no_debris(
     assert_no_debris(root, [DATE])
 
 
+def test_a_failed_swap_puts_the_set_aside_run_back(spark, tmp_path, hook):
+    """The second rename of the swap fails after the old run was moved aside (here its
+    staging folder vanished under it): the old run must be back at its place, complete,
+    within the same publication, not left aside for the next run to recover."""
+    root = tmp_path / "out"
+    publish_run(spark, root, 1)
+    staging: list[str] = []
+
+    def lose_staging(step: str) -> None:
+        if step == "aside":  # the old run is aside, the new one not yet renamed in
+            assert not (root / DATE).exists()
+            shutil.rmtree(staging[0])
+
+    hook(lose_staging)
+    with pytest.raises(PublishError, match="does not exist"):
+        with Publication(spark, str(root / DATE)) as pub:
+            staging.append(pub.staging)
+            write_run(pub.staging, 2)
+            pub.commit()
+    hook(None)
+    assert published_version(root / DATE) == 1
+    assert not (root / "_staging").exists()  # no aside, no lock left
+    assert_no_debris(root, [DATE])
+
+
 def test_next_run_of_another_date_removes_a_crashed_runs_debris(spark, tmp_path, hook):
     root = tmp_path / "out"
     publish_run(spark, root, 1)
@@ -341,7 +367,7 @@ def test_a_killed_process_mid_swap_is_recovered_by_the_next_run(spark, tmp_path)
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from pyspark.sql import SparkSession
-        from spark_cf import publish
+        from spark_cf.outputs import publish
         from test_publish import write_run
 
         spark = (

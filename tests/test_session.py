@@ -57,8 +57,26 @@ def test_old_or_missing_java_is_refused_clearly(tmp_path, monkeypatch):
         check_java()
 
 
-def test_the_real_java_is_new_enough():
-    assert check_java() >= 17
+@pytest.mark.spark
+def test_the_real_java_is_new_enough(spark):
+    """check_java reads the version of the Java that Spark really starts: the running
+    JVM's own ``java.specification.version`` (read through py4j, not from the banner
+    check_java parses) is the major version check_java returns, and it is 17 or newer."""
+    system = spark.sparkContext._jvm.java.lang.System
+    spec = system.getProperty("java.specification.version")  # "17", "21" ("1.8" before 9)
+    running = int(spec.split(".")[-1] if spec.startswith("1.") else spec)
+    assert check_java() == running
+    assert running >= 17, f"Spark runs on Java {spec}"
+
+
+@pytest.mark.parametrize(("banner", "accepted"), [("16.0.2", False), ("17", True)])
+def test_java_16_is_refused_and_17_accepted(tmp_path, monkeypatch, banner, accepted):
+    monkeypatch.setenv("JAVA_HOME", fake_java(tmp_path, f'openjdk version "{banner}"'))
+    if accepted:
+        assert check_java() == 17
+    else:
+        with pytest.raises(EnvironmentCheckError, match="found Java 16"):
+            check_java()
 
 
 @pytest.mark.parametrize(
