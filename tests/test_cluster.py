@@ -1,7 +1,9 @@
 """The nightly job on a real Spark standalone cluster (a master and two workers on
 127.0.0.1), submitted as users do: spark-submit --master spark://... --py-files the zip,
 from another folder. It must run on the cluster's executors and publish the same tables,
-bit for bit, as a local[2] run of the same configuration."""
+bit for bit, as a local[2] run of the same configuration; the standalone top-N job
+(jobs/recommend.py), submitted the same way on the published model, must give the
+nightly run's lists."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -70,36 +74,53 @@ def test_nightly_on_a_standalone_cluster_matches_local_bit_for_bit(tmp_path, spa
     work = tmp_path / "elsewhere"
     work.mkdir()
     build_zip(work / "spark_cf.zip")
-    shutil.copy(ROOT / "jobs" / "nightly.py", work / "nightly.py")
+    for job in ("nightly.py", "recommend.py"):
+        shutil.copy(ROOT / "jobs" / job, work / job)
+    on_cluster = tmp_path / "cluster_out" / f"run_date={RUN_DATE}"
 
-    with StandaloneCluster(tmp_path / "cluster", workers=2, cores=1, memory="2g") as cluster:
+    def submit(master: str, script: str, *args: str) -> str:
         proc = subprocess.run(
-            [
-                str(SPARK_SUBMIT),
-                "--master",
-                cluster.url,
-                "--py-files",
-                "spark_cf.zip",
-                "nightly.py",
-                "--config",
-                str(conf),
-                "--set",
-                f'output.root="{tmp_path / "cluster_out"}"',
-            ],
+            [str(SPARK_SUBMIT), "--master", master, "--py-files", "spark_cf.zip", script, *args],
             cwd=work,
             env=cluster_env(),
             capture_output=True,
             text=True,
             timeout=600,
         )
+        # spark-submit passes the Python driver's stderr on to its stdout
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, output[-4000:]
         loaded = [line for line in output.splitlines() if "INFO spark_cf: spark_cf" in line]
         assert loaded and f"from {work / 'spark_cf.zip'}" in loaded[0], loaded  # the zip's
+        return proc.stdout
+
+    with StandaloneCluster(tmp_path / "cluster", workers=2, cores=1, memory="2g") as cluster:
+        out = submit(
+            cluster.url,
+            "nightly.py",
+            "--config",
+            str(conf),
+            "--set",
+            f'output.root="{tmp_path / "cluster_out"}"',
+        )
+        assert f"published: {on_cluster}" in out and "rmse" in out  # the job's report
         state = cluster.master_json()
         workers = [cluster.worker_json(i) for i in range(2)]
+        # the standalone top-N job on the published model, with the zip too
+        out = submit(
+            cluster.url,
+            "recommend.py",
+            "--config",
+            str(conf),
+            "--model",
+            str(on_cluster / "model"),
+            "--output",
+            str(tmp_path / "recs"),
+            "--set",
+            "recommend.top_n=3",
+        )
+        assert f"top-N: {tmp_path / 'recs'}" in out
 
-    on_cluster = tmp_path / "cluster_out" / f"run_date={RUN_DATE}"
     meta = json.loads((on_cluster / "model" / "metadata.json").read_text())
     settings = meta["spark"]
     assert settings["spark.master"] == cluster.url  # spark-submit's master, not the config's
@@ -128,3 +149,20 @@ def test_nightly_on_a_standalone_cluster_matches_local_bit_for_bit(tmp_path, spa
     local_meta = json.loads((local / "model" / "metadata.json").read_text())
     assert meta["final_cost"] == local_meta["final_cost"]
     assert meta["iterations"] == local_meta["iterations"] == 5
+    metrics = json.loads((on_cluster / "metrics.json").read_text())
+    raw = pq.read_table(ratings)
+    assert metrics["ingest"]["rows_used"] == raw.num_rows
+
+    # The recommend job's top 3 from the saved model are the nightly run's first 3 ranks,
+    # bit for bit, and every user gets min(3, items left unrated) of them.
+    recs = pq.read_table(tmp_path / "recs").sort_by(
+        [("user_id", "ascending"), ("rank", "ascending")]
+    )
+    published = read_sorted(on_cluster, "top_n")
+    first3 = published.filter(pc.less_equal(published["rank"], 3))
+    assert recs.schema == published.schema
+    for name in recs.column_names:
+        assert column_bytes(recs[name]) == column_bytes(first3[name]), name
+    num_items = len(set(raw["item_id"].to_pylist()))
+    rated = Counter(raw["user_id"].to_pylist())
+    assert recs.num_rows == sum(min(3, num_items - n) for n in rated.values())
