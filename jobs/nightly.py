@@ -16,6 +16,15 @@ import sys
 
 from spark_cf import cli
 from spark_cf.nightly.run import run_nightly
+from spark_cf.schema import (
+    ITEM_FACTORS,
+    METRICS,
+    MODEL,
+    PREDICTIONS,
+    QUARANTINE,
+    TOP_N,
+    USER_FACTORS,
+)
 from spark_cf.session import build_session
 
 
@@ -28,14 +37,14 @@ def main(argv=None) -> int:
             spark.stop()
         print(f"published: {outcome.path}")
         for table in (
-            "model/user_factors",
-            "model/item_factors",
-            "predictions",
-            "top_n",
-            "quarantine",
+            f"{MODEL}/{USER_FACTORS}",
+            f"{MODEL}/{ITEM_FACTORS}",
+            PREDICTIONS,
+            TOP_N,
+            QUARANTINE,
         ):
             print(f"  {table:<20} {outcome.path}/{table}")
-        print(f"  {'metrics':<20} {outcome.path}/metrics.json")
+        print(f"  {'metrics':<20} {outcome.path}/{METRICS}")
         if outcome.table:
             print()
             print(f"held-out evaluation (k = {outcome.metrics['evaluation_k']}):")

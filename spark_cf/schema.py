@@ -22,5 +22,7 @@ FEATURES, MEAN, BIAS = "features", "mean", "bias"
 
 #: The parts of a saved model folder.
 USER_FACTORS, ITEM_FACTORS, METADATA = "user_factors", "item_factors", "metadata.json"
-#: The tables of a nightly run folder.
-TABLES = ("model", "predictions", "top_n", "quarantine")
+#: The tables and files of a nightly run folder (see README, "What a run publishes").
+MODEL, PREDICTIONS, TOP_N, QUARANTINE = "model", "predictions", "top_n", "quarantine"
+TABLES = (MODEL, PREDICTIONS, TOP_N, QUARANTINE)
+METRICS, CONVERGENCE, SUCCESS = "metrics.json", "convergence.png", "_SUCCESS"

@@ -22,6 +22,11 @@ class Normalization:
     item_means: np.ndarray
     global_mean: float
 
+    def table(self) -> np.ndarray:
+        """``item_means[i] + global_mean`` for every item: what is subtracted from its
+        ratings before training."""
+        return item_offsets(self.item_means, self.global_mean)
+
     def offsets(self, item_idx: np.ndarray) -> np.ndarray:
         """``item_means[i] + global_mean`` for each index of ``item_idx``."""
-        return item_offsets(self.item_means, self.global_mean)[item_idx]
+        return self.table()[item_idx]

@@ -31,7 +31,21 @@ from spark_cf.outputs.evaluation import evaluate_model, heldout_metrics
 from spark_cf.outputs.publish import Publication
 from spark_cf.outputs.recommend import predict, rated_pairs, recommendations
 from spark_cf.outputs.report import convergence_png, metrics_table
-from spark_cf.schema import IS_VAL, ITEM, ITEM_IDX, RATING, USER, USER_IDX
+from spark_cf.schema import (
+    CONVERGENCE,
+    IS_VAL,
+    ITEM,
+    ITEM_IDX,
+    METRICS,
+    MODEL,
+    PREDICTIONS,
+    QUARANTINE,
+    RATING,
+    SUCCESS,
+    TOP_N,
+    USER,
+    USER_IDX,
+)
 from spark_cf.session import recorded_config, settings_in_force
 from spark_cf.training.checkpoints import from_train_config
 from spark_cf.training.fit import fit
@@ -117,14 +131,14 @@ def resolve_warm_start(spark, cfg: Config, date: str | None = None) -> Config:
     runs = [
         path
         for path in storage.glob(spark, f"{root}/run_date=*")
-        if path.rsplit("run_date=", 1)[1] < date and storage.exists(spark, f"{path}/_SUCCESS")
+        if path.rsplit("run_date=", 1)[1] < date and storage.exists(spark, f"{path}/{SUCCESS}")
     ]
     if not runs:
         log.info("train.warm_start = latest: no earlier run under %s, random start", root)
         return cfg.replace(train={"warm_start": ""})
     log.info("train.warm_start = latest: starting from %s/model", runs[-1])
-    preflight.check_model(spark, "train.warm_start", f"{runs[-1]}/model", cfg.model.rank)
-    return cfg.replace(train={"warm_start": f"{runs[-1]}/model"})
+    preflight.check_model(spark, "train.warm_start", f"{runs[-1]}/{MODEL}", cfg.model.rank)
+    return cfg.replace(train={"warm_start": f"{runs[-1]}/{MODEL}"})
 
 
 def train_with_config(data: TrainingData, cfg: Config, **extra: Any):
@@ -219,7 +233,7 @@ def publication(spark, cfg: Config, path: str) -> Publication:
 
 def commit(spark, pub: Publication) -> None:
     """Write ``_SUCCESS`` last into the staging folder and swap it in."""
-    storage.write_text(spark, f"{pub.staging}/_SUCCESS", "")
+    storage.write_text(spark, f"{pub.staging}/{SUCCESS}", "")
     pub.commit()
 
 
@@ -312,16 +326,16 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                 clip=clip_range(cfg),
             )
             predictions = predictions.orderBy(USER, ITEM)
-            storage.write_parquet(predictions, f"{staged}/predictions")
+            storage.write_parquet(predictions, f"{staged}/{PREDICTIONS}")
         with stage("top_n", timings):
             # every rating the user gave (training and held-out) counts as rated
             rated = final_data.ratings.select(USER_IDX, ITEM_IDX)
             recs, unknown = recommendations(spark, model, rated, cfg.recommend)
-            storage.write_parquet(recs, f"{staged}/top_n")
+            storage.write_parquet(recs, f"{staged}/{TOP_N}")
         with stage("publish", timings):
-            save_model(spark, model, f"{staged}/model")
-            storage.write_parquet(ingested.quarantine, f"{staged}/quarantine", partitions=1)
-            counts = storage.row_counts(spark, staged, ("predictions", "top_n"))
+            save_model(spark, model, f"{staged}/{MODEL}")
+            storage.write_parquet(ingested.quarantine, f"{staged}/{QUARANTINE}", partitions=1)
+            counts = storage.row_counts(spark, staged, (PREDICTIONS, TOP_N))
             metrics = {
                 "run_date": date,
                 "ingest": ingested.metrics(),
@@ -333,10 +347,10 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                 "timings_s": timings,
             }
             metrics["timings_s"]["total"] = round(time.perf_counter() - started, 3)
-            storage.write_json(spark, f"{staged}/metrics.json", metrics)
+            storage.write_json(spark, f"{staged}/{METRICS}", metrics)
             png = convergence_png(result.history)
             if png is not None:
-                storage.write_bytes(spark, f"{staged}/convergence.png", png)
+                storage.write_bytes(spark, f"{staged}/{CONVERGENCE}", png)
             commit(spark, pub)
         log.info(
             "published %s (%s)", final, ", ".join(f"{name} {n} rows" for name, n in counts.items())
@@ -361,7 +375,7 @@ def run_train(spark, cfg: Config, model_out: str | None = None):
 
     Returns ``(path, model, result)``.
     """
-    target = model_out or f"{cfg.output.root.rstrip('/')}/model"
+    target = model_out or f"{cfg.output.root.rstrip('/')}/{MODEL}"
     preflight.check_parent_writable(spark, "--model-out" if model_out else "output.root", target)
     preflight.check_training(spark, cfg.model, cfg.train)
     with publication(spark, cfg, target) as pub:

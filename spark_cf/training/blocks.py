@@ -78,8 +78,7 @@ def _payload_rows(
     num_items: int,
     user_blocks: int,
     item_blocks: int,
-    offsets_item: np.ndarray,
-    offset_global: float,
+    offsets: np.ndarray,
 ) -> Iterator:
     """mapInArrow body: Arrow batches of ratings to one row per (block, batch) with the
     block's local indices and normalised ratings as raw bytes."""
@@ -92,7 +91,7 @@ def _payload_rows(
             continue
         users = batch.column(USER_IDX).to_numpy().astype(np.int64)
         items = batch.column(ITEM_IDX).to_numpy().astype(np.int64)
-        y = batch.column(RATING).to_numpy().astype(np.float64) - offsets_item[items] - offset_global
+        y = batch.column(RATING).to_numpy().astype(np.float64) - offsets[items]
         val = batch.column(IS_VAL).to_numpy(zero_copy_only=False).astype(bool)
         ub = users * user_blocks // num_users
         ib = items * item_blocks // num_items
@@ -192,8 +191,7 @@ class BlockedRatings:
         self.key = uuid.uuid4().hex
         spark = data.sparkSession
         self.sc = spark.sparkContext
-        offsets_item = normalization.item_means
-        offset_global = normalization.global_mean
+        offsets = normalization.table()  # the normalisation's rule, subtracted once
         sizes = dict(
             num_users=num_users,
             num_items=num_items,
@@ -202,9 +200,7 @@ class BlockedRatings:
         )
 
         def to_payload(batches):
-            return _payload_rows(
-                batches, offsets_item=offsets_item, offset_global=offset_global, **sizes
-            )
+            return _payload_rows(batches, offsets=offsets, **sizes)
 
         schema = "block int, users binary, items binary, y binary, val binary"
         chunks = (
