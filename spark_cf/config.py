@@ -89,6 +89,15 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RankingConfig:
+    enabled: bool = True
+    rank: int = 10
+    reg: float = 10.0
+    alpha: float = 1.0
+    max_iter: int = 50
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     holdout_fraction: float = 0.2
     split: str = "random"
@@ -130,6 +139,7 @@ class Config:
     input: InputConfig = field(default_factory=InputConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
@@ -241,6 +251,11 @@ def _validate(cfg: Config) -> None:
     _check(m.reg >= 0, "model.reg", "must be >= 0", m.reg)
     _check(m.init_scale > 0, "model.init_scale", "must be > 0", m.init_scale)
     _check(m.seed >= 0, "model.seed", "must be >= 0", m.seed)
+    rk = cfg.ranking
+    _check(rk.rank >= 1, "ranking.rank", "must be >= 1", rk.rank)
+    _check(rk.reg >= 0, "ranking.reg", "must be >= 0", rk.reg)
+    _check(rk.alpha >= 0, "ranking.alpha", "must be >= 0", rk.alpha)
+    _check(rk.max_iter >= 1, "ranking.max_iter", "must be >= 1", rk.max_iter)
     _check(
         t.optimizer in OPTIMIZERS,
         "train.optimizer",
@@ -424,9 +439,12 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return config_from_dict(raw)
 
 
-def fit_arguments(cfg: Config) -> dict[str, Any]:
+def fit_arguments(cfg: Config, *, ranking: bool = False) -> dict[str, Any]:
     """``[model]`` and ``[train]`` as the keyword arguments of
     :func:`spark_cf.training.fit.fit` (``model.reg`` becomes ``reg_param``).
+
+    ``ranking=True``: the arguments of the top-N model instead, ``[ranking]``'s rank, reg,
+    alpha and max_iter on ``[train]``'s optimiser, with the ranking objective (no biases).
 
     Left out, for the job to resolve: ``model.mean_normalization`` (applied when the
     ratings are prepared), ``train.warm_start`` (a path or ``"latest"``: the job loads the
@@ -434,7 +452,7 @@ def fit_arguments(cfg: Config) -> dict[str, Any]:
     checkpointer built by :func:`spark_cf.training.checkpoints.from_train_config`).
     """
     m, t = cfg.model, cfg.train
-    return {
+    args = {
         "rank": m.rank,
         "reg_param": m.reg,
         "biases": m.biases,
@@ -454,3 +472,14 @@ def fit_arguments(cfg: Config) -> dict[str, Any]:
         "lbfgs_precondition": t.lbfgs_precondition,
         "divergence_patience": t.divergence_patience,
     }
+    if ranking:
+        rk = cfg.ranking
+        args.update(
+            rank=rk.rank,
+            reg_param=rk.reg,
+            max_iter=rk.max_iter,
+            biases=False,
+            objective="ranking",
+            alpha=rk.alpha,
+        )
+    return args

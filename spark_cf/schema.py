@@ -24,5 +24,7 @@ FEATURES, MEAN, BIAS = "features", "mean", "bias"
 USER_FACTORS, ITEM_FACTORS, METADATA = "user_factors", "item_factors", "metadata.json"
 #: The tables and files of a nightly run folder (see README, "What a run publishes").
 MODEL, PREDICTIONS, TOP_N, QUARANTINE = "model", "predictions", "top_n", "quarantine"
-TABLES = (MODEL, PREDICTIONS, TOP_N, QUARANTINE)
+#: The top-N model of ``[ranking]`` (published beside ``model`` when it is enabled).
+RANKING_MODEL = "ranking_model"
+TABLES = (MODEL, RANKING_MODEL, PREDICTIONS, TOP_N, QUARANTINE)
 METRICS, CONVERGENCE, SUCCESS = "metrics.json", "convergence.png", "_SUCCESS"

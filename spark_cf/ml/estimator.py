@@ -18,7 +18,7 @@ from pyspark.ml.util import (
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from spark_cf.config import InputConfig, ModelConfig, TrainConfig
+from spark_cf.config import InputConfig, ModelConfig, RankingConfig, TrainConfig
 from spark_cf.data.prepare import prepare
 from spark_cf.data.validation import canonical, check_schema, resolve_duplicates, tag_reasons
 from spark_cf.errors import InputError, SchemaError
@@ -29,7 +29,7 @@ from spark_cf.training.fit import fit, warn_reg
 
 log = logging.getLogger(__name__)
 
-_M, _T, _I = ModelConfig, TrainConfig, InputConfig
+_M, _T, _I, _R = ModelConfig, TrainConfig, InputConfig, RankingConfig
 #: the folder of a saved SparkCF that holds its initialModel, when it has one
 INITIAL_MODEL_DIR = "initialModel"
 
@@ -82,6 +82,15 @@ class SparkCF(Estimator, SparkCFParams, MLWritable, MLReadable):
     ``biases``), minimised by ``optimizer`` (L-BFGS by default) for at most ``maxIter``
     iterations or until J's relative decrease falls below ``tol``.
 
+    ``objective="ranking"`` (ALS's ``implicitPrefs``) learns which items a user will
+    choose instead: every (user, item) pair counts, a rated one as preference 1 with
+    confidence ``1 + alpha x rating``, the others as preference 0 with weight 1::
+
+        J = 1/2 sum_{all i,j} c_ij (p_ij - theta_j . x_i)^2 + regParam/2 (|X|^2 + |Theta|^2)
+
+    with no biases and no mean normalisation; ``transform`` then gives preference scores
+    (near 1 = likely chosen) and ``recommendForAllUsers`` lists that beat "most popular".
+
     **regParam is not ALS's**: ALS scales its regParam by each row's number of ratings,
     we regularise the summed cost as above, so the same number means very different
     models (ALS's usual 0.1 leaves ours nearly unregularised). Take about ALS's value
@@ -123,6 +132,8 @@ class SparkCF(Estimator, SparkCFParams, MLWritable, MLReadable):
         biases: bool = _M.biases,
         meanNormalization: bool = _M.mean_normalization,  # noqa: N803
         initScale: float = _M.init_scale,  # noqa: N803
+        objective: str = "ratings",
+        alpha: float = _R.alpha,
         initialModel: SparkCFModel | None = None,  # noqa: N803
     ) -> None:
         super().__init__()
@@ -149,6 +160,8 @@ class SparkCF(Estimator, SparkCFParams, MLWritable, MLReadable):
         biases: bool = _M.biases,
         meanNormalization: bool = _M.mean_normalization,  # noqa: N803
         initScale: float = _M.init_scale,  # noqa: N803
+        objective: str = "ratings",
+        alpha: float = _R.alpha,
         initialModel: SparkCFModel | None = None,  # noqa: N803
     ) -> SparkCF:
         """Set the Params given (by keyword); the others keep their values."""
@@ -212,6 +225,7 @@ class SparkCF(Estimator, SparkCFParams, MLWritable, MLReadable):
 add_accessors(
     SparkCF,
     ["userCol", "itemCol", "ratingCol", "predictionCol", "coldStartStrategy", "initialModel"]
+    + ["objective"]
     + list(CONFIG_KEYS),
 )
 

@@ -13,7 +13,14 @@ from typing import Any
 
 from pyspark.ml.param import Param, Params, TypeConverters
 
-from spark_cf.config import Config, InputConfig, ModelConfig, TrainConfig, fit_arguments
+from spark_cf.config import (
+    Config,
+    InputConfig,
+    ModelConfig,
+    RankingConfig,
+    TrainConfig,
+    fit_arguments,
+)
 from spark_cf.errors import ConfigError
 
 #: The training Params and the config key each stands for (its rules, its default).
@@ -30,7 +37,11 @@ CONFIG_KEYS: dict[str, str] = {
     "tol": "train.tol",
     "numUserBlocks": "train.num_user_blocks",
     "numItemBlocks": "train.num_item_blocks",
+    "alpha": "ranking.alpha",
 }
+#: What the model learns: the course's cost over the ratings, or every (user, item) pair
+#: (``[ranking]``, ALS's ``implicitPrefs``).
+OBJECTIVES = ("ratings", "ranking")
 #: The column Params and their config key (for the schema check's messages).
 COLUMN_KEYS: dict[str, str] = {
     "userCol": "input.user_col",
@@ -42,7 +53,12 @@ COLD_START_STRATEGIES = ("nan", "drop", "mean")
 
 def _config_default(key: str) -> Any:
     section, name = key.split(".")
-    cls = {"model": ModelConfig, "train": TrainConfig, "input": InputConfig}[section]
+    cls = {
+        "model": ModelConfig,
+        "train": TrainConfig,
+        "input": InputConfig,
+        "ranking": RankingConfig,
+    }[section]
     return getattr(cls, name)
 
 
@@ -52,6 +68,13 @@ def _to_cold_start_strategy(value: Any) -> str:
         raise ConfigError(
             f"coldStartStrategy must be one of {', '.join(COLD_START_STRATEGIES)}, got {value!r}"
         )
+    return value
+
+
+def _to_objective(value: Any) -> str:
+    value = TypeConverters.toString(value)
+    if value not in OBJECTIVES:
+        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {value!r}")
     return value
 
 
@@ -190,6 +213,22 @@ class SparkCFParams(SparkCFModelParams):
         "standard deviation of the random initial features (> 0)",
         typeConverter=TypeConverters.toFloat,
     )
+    objective: Param[str] = Param(
+        Params._dummy(),
+        "objective",
+        "'ratings': the course's cost over the rated pairs (predicts ratings); 'ranking': "
+        "every (user, item) pair, rated ones as positives with confidence 1 + alpha x "
+        "rating, the others as zeros (ranks items for top-N lists, as ALS's implicitPrefs; "
+        "no biases, no mean normalisation)",
+        typeConverter=_to_objective,
+    )
+    alpha: Param[float] = Param(
+        Params._dummy(),
+        "alpha",
+        "objective 'ranking': the confidence of a rated pair is 1 + alpha x its rating "
+        "(>= 0), as ALS's alpha",
+        typeConverter=TypeConverters.toFloat,
+    )
     initialModel: Param[Any] = Param(
         Params._dummy(),
         "initialModel",
@@ -202,6 +241,7 @@ class SparkCFParams(SparkCFModelParams):
         super().__init__(*args)
         self._setDefault(
             ratingCol=InputConfig.rating_col,
+            objective="ratings",
             **{param: _config_default(key) for param, key in CONFIG_KEYS.items()},
         )
 
@@ -214,7 +254,7 @@ class SparkCFParams(SparkCFModelParams):
         ConfigError
             A value out of range, naming the Param.
         """
-        sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+        sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "ranking": {}}
         for param, key in CONFIG_KEYS.items():
             section, name = key.split(".")
             sections[section][name] = self.getOrDefault(param)
@@ -222,7 +262,10 @@ class SparkCFParams(SparkCFModelParams):
             cfg = Config().replace(**sections)
         except ConfigError as exc:
             raise ConfigError(rename_keys(str(exc), CONFIG_KEYS)) from None
-        return cfg, fit_arguments(cfg)
+        args = fit_arguments(cfg)
+        if self.getOrDefault("objective") == "ranking":
+            args.update(objective="ranking", alpha=cfg.ranking.alpha)
+        return cfg, args
 
 
 def _to_initial_model(value: Any) -> Any:

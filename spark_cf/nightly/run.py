@@ -10,6 +10,7 @@ Kept apart from the jobs so that tests run them without ``spark-submit``: the ni
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from spark_cf.schema import (
     MODEL,
     PREDICTIONS,
     QUARANTINE,
+    RANKING_MODEL,
     RATING,
     SUCCESS,
     TOP_N,
@@ -165,6 +167,39 @@ def _train(data: TrainingData, cfg: Config, timings: dict[str, float], name: str
         return train_with_config(data, cfg)
 
 
+def train_ranking(data: TrainingData, cfg: Config, **extra: Any):
+    """The top-N model (``[ranking]``): :func:`~spark_cf.training.fit.fit` with the
+    ranking objective, ``[train]``'s optimiser and a cold start; its checkpoints (when
+    ``[train]`` checkpoints) go to ``<train.checkpoint_dir>/ranking``."""
+    train = cfg.train
+    if train.checkpoint_dir:
+        train = dataclasses.replace(
+            train, checkpoint_dir=f"{train.checkpoint_dir.rstrip('/')}/ranking"
+        )
+    return fit(
+        data, **fit_arguments(cfg, ranking=True), checkpointer=from_train_config(train), **extra
+    )
+
+
+def _history(result: TrainResult) -> dict[str, Any]:
+    """A training run as ``metrics.json`` records it."""
+    return {
+        "history": result.history,
+        "iterations": result.iterations,
+        "stop_reason": result.stop_reason,
+        "evaluations": result.evaluations,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+def _refit_summary(result: TrainResult) -> dict[str, Any]:
+    return {
+        "iterations": result.iterations,
+        "stop_reason": result.stop_reason,
+        "final_cost": result.final_cost,
+    }
+
+
 def clip_range(cfg: Config) -> tuple[float, float] | None:
     """The rating range predictions are clipped to (``predict.clip``), or None."""
     return (cfg.input.rating_min, cfg.input.rating_max) if cfg.predict.clip else None
@@ -179,6 +214,7 @@ def model_metadata(
     data: TrainingData,
     result: TrainResult,
     refit: bool = False,
+    ranking: bool = False,
 ) -> dict[str, Any]:
     """The metadata of a model to publish (``model/metadata.json``; :func:`save_model` adds
     rank, global mean, biases and the sizes): the same keys for every job that publishes
@@ -200,12 +236,17 @@ def model_metadata(
         The model's training result.
     refit
         Whether the model was refitted on all ratings after the evaluation.
+    ranking
+        Whether it is the top-N model of ``[ranking]`` (else ``[model]``'s).
     """
     in_force = settings_in_force(spark)
+    section = cfg.ranking if ranking else cfg.model
     return {
         "config": recorded_config(cfg.to_dict(), in_force),
-        "rank": cfg.model.rank,
-        "reg": cfg.model.reg,
+        "objective": "ranking" if ranking else "ratings",
+        "alpha": cfg.ranking.alpha if ranking else None,
+        "rank": section.rank,
+        "reg": section.reg,
         "optimizer": cfg.train.optimizer,
         "iterations": result.iterations,
         "final_cost": result.final_cost,
@@ -262,6 +303,10 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
     final_data = data
     try:
         model, result = _train(data, cfg, timings, "train")
+        ranker = ranker_result = None
+        if cfg.ranking.enabled:
+            with stage("train_ranking", timings):
+                ranker, ranker_result = train_ranking(data, cfg)
         evaluation: dict[str, Any] = {}
         if data.num_val:
             with stage("evaluate", timings):
@@ -276,13 +321,8 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                 )
         else:
             log.warning("evaluate.holdout_fraction = 0: no held-out ratings, no evaluation")
-        history = {
-            "history": result.history,
-            "iterations": result.iterations,
-            "stop_reason": result.stop_reason,
-            "evaluations": result.evaluations,
-            "seconds": round(result.seconds, 3),
-        }
+        history = _history(result)
+        ranking_history = _history(ranker_result) if ranker_result is not None else None
         if cfg.evaluate.refit and data.num_val:
             final_data = prepare(
                 ingested.ratings,
@@ -299,11 +339,11 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                     train={"checkpoint_dir": f"{cfg.train.checkpoint_dir.rstrip('/')}/refit"}
                 )
             model, result = _train(final_data, refit_cfg, timings, "refit")
-            history["refit"] = {
-                "iterations": result.iterations,
-                "stop_reason": result.stop_reason,
-                "final_cost": result.final_cost,
-            }
+            history["refit"] = _refit_summary(result)
+            if ranker is not None:
+                with stage("refit_ranking", timings):
+                    ranker, ranker_result = train_ranking(final_data, refit_cfg)
+                ranking_history["refit"] = _refit_summary(ranker_result)
         model.metadata = model_metadata(
             spark,
             cfg,
@@ -313,6 +353,17 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
             result=result,
             refit=final_data is not data,
         )
+        if ranker is not None:
+            ranker.metadata = model_metadata(
+                spark,
+                cfg,
+                date=date,
+                ingested=ingested,
+                data=final_data,
+                result=ranker_result,
+                refit=final_data is not data,
+                ranking=True,
+            )
         with stage("predict", timings):
             if cfg.predict.pairs:
                 pairs = storage.read_parquet(spark, cfg.predict.pairs, ids=(USER, ITEM))
@@ -330,16 +381,21 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
         with stage("top_n", timings):
             # every rating the user gave (training and held-out) counts as rated
             rated = final_data.ratings.select(USER_IDX, ITEM_IDX)
-            recs, unknown = recommendations(spark, model, rated, cfg.recommend)
+            scorer = ranker if ranker is not None else model
+            recs, unknown = recommendations(spark, scorer, rated, cfg.recommend)
             storage.write_parquet(recs, f"{staged}/{TOP_N}")
         with stage("publish", timings):
             save_model(spark, model, f"{staged}/{MODEL}")
+            if ranker is not None:
+                save_model(spark, ranker, f"{staged}/{RANKING_MODEL}")
             storage.write_parquet(ingested.quarantine, f"{staged}/{QUARANTINE}", partitions=1)
             counts = storage.row_counts(spark, staged, (PREDICTIONS, TOP_N))
             metrics = {
                 "run_date": date,
                 "ingest": ingested.metrics(),
                 "training": history,
+                "training_ranking": ranking_history,
+                "top_n_model": RANKING_MODEL if ranker is not None else MODEL,
                 "evaluation": evaluation,
                 "evaluation_k": cfg.evaluate.k,
                 "rows_written": counts,
