@@ -27,7 +27,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from spark_cf.errors import ConfigError
 
 OPTIMIZERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
-DUPLICATE_POLICIES = ("latest", "mean", "error")
+DUPLICATE_POLICIES = ("latest", "mean", "sum", "error")
+FEEDBACK_KINDS = ("ratings", "interactions")
 SPLITS = ("random", "time")
 UNKNOWN_ITEM_POLICIES = ("nan", "drop", "global_mean")
 #: Bounds of the block grid. Block setup builds the bounds of every range on the driver,
@@ -48,6 +49,7 @@ class SparkConfig:
 @dataclass(frozen=True)
 class InputConfig:
     path: str = ""
+    feedback: str = "ratings"
     user_col: str = "user_id"
     item_col: str = "item_id"
     rating_col: str = "rating"
@@ -227,8 +229,21 @@ def _check(cond: bool, key: str, rule: str, value: Any) -> None:
 def _validate(cfg: Config) -> None:
     m, t, i, e, p, r = cfg.model, cfg.train, cfg.input, cfg.evaluate, cfg.predict, cfg.recommend
     _check(bool(cfg.spark.master), "spark.master", "must not be empty", cfg.spark.master)
-    for col in ("user_col", "item_col", "rating_col"):
+    _check(
+        i.feedback in FEEDBACK_KINDS,
+        "input.feedback",
+        f"must be one of {', '.join(FEEDBACK_KINDS)}",
+        i.feedback,
+    )
+    for col in ("user_col", "item_col"):
         _check(bool(getattr(i, col)), f"input.{col}", "must not be empty", getattr(i, col))
+    _check(
+        bool(i.rating_col) or i.feedback == "interactions",
+        "input.rating_col",
+        "must not be empty with input.feedback = 'ratings' (\"\" is for "
+        "input.feedback = 'interactions': every row is one interaction of value 1)",
+        i.rating_col,
+    )
     _check(
         i.rating_min < i.rating_max,
         "input.rating_min",

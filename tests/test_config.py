@@ -40,6 +40,7 @@ def test_required_keys_exist_with_their_names():
         "spark": {"master", "app_name", "conf"},
         "input": {
             "path",
+            "feedback",
             "user_col",
             "item_col",
             "rating_col",
@@ -115,11 +116,33 @@ def test_overrides_are_toml_literals_or_strings(tmp_path):
         ("model.reg=inf", "model.reg"),
         ("train.learning_rate=nan", "train.learning_rate"),
         ("predict.unknown_item='zero'", "predict.unknown_item"),
+        ("input.feedback='implicit'", "input.feedback"),
+        ("input.rating_col=''", "input.rating_col"),
+        ("input.duplicates='max'", "input.duplicates"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_config(CONF / "default.toml", [override])
+
+
+def test_interactions_keys():
+    cfg = load_config(
+        CONF / "default.toml",
+        ["input.feedback='interactions'", "input.rating_col=''", "input.duplicates='sum'"],
+    )
+    assert (cfg.input.feedback, cfg.input.rating_col, cfg.input.duplicates) == (
+        "interactions",
+        "",
+        "sum",
+    )
+    assert load_config(None, ["input.duplicates='sum'"]).input.duplicates == "sum"
+    with pytest.raises(ConfigError, match="input.feedback must be one of ratings, interactions"):
+        load_config(None, ["input.feedback='clicks'"])
+    with pytest.raises(
+        ConfigError, match=r"input\.rating_col must not be empty with input\.feedback = 'ratings'"
+    ):
+        load_config(None, ["input.rating_col=''"])
 
 
 def test_unknown_key_in_a_file_is_refused(tmp_path):

@@ -445,3 +445,140 @@ def test_pandas_nanosecond_timestamps_are_read(spark, tmp_path):
         storage.read_parquet(spark, str(path)).select(F.unix_micros("ts").alias("us")).collect()
     )
     assert [r.us for r in micros] == (when.asi8 // 1000).tolist()
+
+
+# ------------------------------------------- interactions: no ratings, a count or nothing
+
+
+def expected_sums(table: pa.Table, value_col: str | None) -> dict[tuple, float]:
+    """The (user, item) -> summed value of ``table``, computed in Python from its rows."""
+    rows = table.to_pylist()
+    sums: dict[tuple, float] = {}
+    for row in rows:
+        value = 1.0 if value_col is None else row[value_col]
+        key = (row["user_id"], row["item_id"])
+        sums[key] = sums.get(key, 0.0) + value
+    return sums
+
+
+def test_interactions_without_a_value_column_count_one_per_row(spark, tmp_path):
+    rng = np.random.default_rng(13)
+    n = 400
+    table = pa.table(
+        {
+            "user_id": rng.integers(0, 30, n),
+            "item_id": [f"s{k}" for k in rng.integers(0, 20, n)],
+            "ts": rng.integers(1_600_000_000, 1_700_000_000, n),
+        }
+    )
+    path = write(tmp_path, table)
+    sums = expected_sums(table, None)
+    newest: dict[tuple, int] = {}
+    for row in table.to_pylist():
+        key = (row["user_id"], row["item_id"])
+        newest[key] = max(newest.get(key, row["ts"]), row["ts"])
+    assert max(sums.values()) > 1  # the rows repeat pairs
+
+    result = ingest(
+        spark,
+        cfg(path, feedback="interactions", rating_col="", timestamp_col="ts", duplicates="sum"),
+    )
+    got = {(r.user_id, r.item_id): (r.rating, r.timestamp) for r in result.ratings.collect()}
+    assert got == {key: (sums[key], newest[key]) for key in sums}
+    assert dict(result.ratings.dtypes)["rating"] == "double"
+    assert result.ratings.columns == ["user_id", "item_id", "rating", "timestamp"]
+    assert (result.rows_read, result.rows_used, result.rows_quarantined) == (n, len(sums), 0)
+    assert result.duplicates_merged == n - len(sums)
+    assert result.duplicate_pairs == sum(1 for v in sums.values() if v > 1)
+    assert result.rows_read == result.rows_used + result.rows_quarantined + result.duplicates_merged
+
+
+def test_interactions_with_a_count_column_quarantine_non_positive_values(spark, tmp_path):
+    table = pa.table(
+        {
+            "user_id": pa.array([1, 1, 1, 2, 2, 3, 4, 5, 6, 7, None, 8], pa.int64()),
+            "item_id": pa.array([10, 10, 11, 10, 10, 12, 13, 14, 15, 16, 17, 18], pa.int64()),
+            "plays": pa.array([3, 4, 1, 2, 0, None, -5, 7, 2, 1, 9, 1], pa.int32()),
+        }
+    )
+    result = ingest(
+        spark,
+        cfg(write(tmp_path, table), feedback="interactions", rating_col="plays", duplicates="sum"),
+    )
+    assert result.quarantined == {
+        "plays is not positive": 2,  # (2, 10) 0 and (4, 13) -5
+        "null plays": 1,
+        "null or empty user_id": 1,
+    }
+    reasons = sorted((r.item_id, r.user_id, r.reason, r.plays) for r in result.quarantine.collect())
+    assert reasons == [
+        (10, 2, "plays is not positive", 0),
+        (12, 3, "null plays", None),
+        (13, 4, "plays is not positive", -5),
+        (17, None, "null or empty user_id", 9),
+    ]
+    usable = pa.table(
+        {
+            "user_id": [1, 1, 1, 2, 5, 6, 7, 8],
+            "item_id": [10, 10, 11, 10, 14, 15, 16, 18],
+            "plays": [3, 4, 1, 2, 7, 2, 1, 1],
+        }
+    )
+    got = {(r.user_id, r.item_id): r.rating for r in result.ratings.collect()}
+    assert got == expected_sums(usable, "plays")
+    assert got[(1, 10)] == 7.0 and got[(5, 14)] == 7.0  # counts above rating_max are kept
+    assert (result.rows_read, result.rows_used, result.duplicates_merged) == (12, 7, 1)
+    assert result.rows_read == result.rows_used + result.rows_quarantined + result.duplicates_merged
+
+
+def test_interactions_double_strengths_nan_infinite_and_the_sum_order(spark, tmp_path):
+    values = [0.1, 0.2, 0.3, 1e-30, float("nan"), float("inf"), -float("inf"), 2.5]
+    table = pa.table(
+        {
+            "user_id": [1, 1, 1, 1, 2, 3, 4, 5],
+            "item_id": [1, 1, 1, 1, 1, 1, 1, 1],
+            "w": values,
+        }
+    )
+    path = write(tmp_path, table)
+    one = ingest(spark, cfg(path, feedback="interactions", rating_col="w", duplicates="sum"))
+    assert one.quarantined == {"w is NaN": 1, "w is infinite": 2}
+    got = {r.user_id: r.rating for r in one.ratings.collect()}
+    assert got == {1: 1e-30 + 0.1 + 0.2 + 0.3, 5: 2.5}  # added smallest first, exactly so
+    # the same rows spread over several files and read in another order: the same sums
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for k, idx in enumerate([[3, 0], [2, 4, 5], [1, 6, 7]]):
+        pq.write_table(table.take(idx), folder / f"part-{k}.parquet")
+    spread = ingest(
+        spark, cfg(str(folder), feedback="interactions", rating_col="w", duplicates="sum")
+    )
+    assert {r.user_id: r.rating for r in spread.ratings.collect()} == got
+
+
+def test_interactions_schema_errors_and_nothing_usable(spark, tmp_path):
+    table = pa.table({"user_id": [1, 2], "item_id": [1, 2], "plays": [0, -1]})
+    path = write(tmp_path, table)
+    with pytest.raises(SchemaError, match=r"no column 'rating' \(input.rating_col\).*or to \"\""):
+        ingest(spark, cfg(path, feedback="interactions"))
+    with pytest.raises(SchemaError, match="input.rating_col is empty"):
+        ingest(spark, cfg(path, rating_col=""))  # feedback = ratings
+    with pytest.raises(InputError, match="no usable interactions: all 2 rows"):
+        ingest(spark, cfg(path, feedback="interactions", rating_col="plays"))
+    with pytest.raises(InputError, match="set input.duplicates to 'mean', 'sum' or 'latest'"):
+        ingest(
+            spark,
+            cfg(
+                write(tmp_path, pa.table({"user_id": [1, 1], "item_id": [2, 2]}), "b.parquet"),
+                feedback="interactions",
+                rating_col="",
+                duplicates="error",
+            ),
+        )
+
+
+def test_sum_applies_to_ratings_too(spark, tmp_path):
+    result = ingest(spark, cfg(write(tmp_path, DUPS), duplicates="sum"))
+    got = {(r.user_id, r.item_id): r.rating for r in result.ratings.collect()}
+    assert got == {(1, 5): 7.0, (2, 6): 8.0, (3, 7): 2.5}
+    assert result.duplicates_merged == 3

@@ -3,6 +3,12 @@
 The accounting always holds and is checked::
 
     rows_read = rows_used + rows_quarantined + duplicates_merged
+
+With ``input.feedback = "interactions"`` the input is interaction data (plays, clicks,
+purchases) with no ratings: each row is an observed (user, item) pair whose value is
+``input.rating_col``'s (a count or strength, > 0) or 1 when that key is ``""``. The result
+is the same canonical frame, the value in its ``rating`` column, so the later stages read
+it unchanged; ``input.duplicates = "sum"`` adds the values of a repeated pair.
 """
 
 from __future__ import annotations
@@ -70,8 +76,14 @@ def validate_ratings(df: DataFrame, cfg: InputConfig) -> IngestResult:
         rating_col=cfg.rating_col,
         timestamp_col=cfg.timestamp_col,
     )
-    check_schema(df, **cols)
-    tagged = tag_reasons(df, rating_min=cfg.rating_min, rating_max=cfg.rating_max, **cols)
+    check_schema(df, feedback=cfg.feedback, **cols)
+    tagged = tag_reasons(
+        df,
+        rating_min=cfg.rating_min,
+        rating_max=cfg.rating_max,
+        feedback=cfg.feedback,
+        **cols,
+    )
     tagged = tagged.persist(StorageLevel.MEMORY_AND_DISK)
     with storage.reading(cfg.path or "the ratings"):  # the first pass: a corrupt page shows here
         counts = {row[REASON]: row["count"] for row in tagged.groupBy(REASON).count().collect()}
@@ -90,7 +102,7 @@ def validate_ratings(df: DataFrame, cfg: InputConfig) -> IngestResult:
             shown = ", ".join(f"({r[USER]!r}, {r[ITEM]!r}) x{r['count']}" for r in sample)
             raise InputError(
                 f"{total} (user, item) pairs occur more than once, e.g. {shown}; set "
-                f"input.duplicates to 'mean' or 'latest' to resolve them"
+                f"input.duplicates to 'mean', 'sum' or 'latest' to resolve them"
             )
     resolved = resolve_duplicates(clean, cfg.duplicates, has_timestamp=has_ts)
     resolved = resolved.persist(StorageLevel.MEMORY_AND_DISK)
@@ -99,7 +111,7 @@ def validate_ratings(df: DataFrame, cfg: InputConfig) -> IngestResult:
         tagged.unpersist()
         resolved.unpersist()
         raise InputError(
-            f"no usable ratings: all {rows_read} rows read were quarantined "
+            f"no usable {cfg.feedback}: all {rows_read} rows read were quarantined "
             f"({', '.join(f'{n} {r}' for r, n in sorted(counts.items())) or 'input empty'})"
         )
     merged = valid_rows - rows_used

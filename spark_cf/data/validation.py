@@ -52,18 +52,28 @@ def check_schema(
     item_col: str,
     rating_col: str,
     timestamp_col: str = "",
+    feedback: str = "ratings",
 ) -> None:
     """Fail before any work when a column is missing or has a type we cannot use.
 
-    Ids may be integers (up to int64) or strings; ratings any numeric type; the optional
-    timestamp an integer (epoch seconds), a double, a timestamp or a date.
+    Ids may be integers (up to int64) or strings; ratings (or interaction values) any
+    numeric type; the optional timestamp an integer (epoch seconds), a double, a timestamp
+    or a date. With ``feedback="interactions"`` the rating column may be ``""`` (every row
+    is one interaction of value 1).
     """
     fields = {f.name: f.dataType for f in df.schema.fields}
+    interactions = feedback == "interactions"
+    if not rating_col and not interactions:
+        raise SchemaError(
+            "input.rating_col is empty: name the rating column, or set input.feedback = "
+            "'interactions' for data without ratings"
+        )
     wanted = [
         ("input.user_col", user_col, ID_TYPES, "an integer or string id"),
         ("input.item_col", item_col, ID_TYPES, "an integer or string id"),
-        ("input.rating_col", rating_col, RATING_TYPES, "a number"),
     ]
+    if rating_col:
+        wanted.append(("input.rating_col", rating_col, RATING_TYPES, "a number"))
     if timestamp_col:
         wanted.append(
             (
@@ -75,9 +85,14 @@ def check_schema(
         )
     for key, col, types, what in wanted:
         if col not in fields:
+            hint = (
+                ' (or to "" to count every row as one interaction of value 1)'
+                if interactions and key == "input.rating_col"
+                else ""
+            )
             raise SchemaError(
                 f"input has no column {col!r} ({key}); its columns are "
-                f"{', '.join(sorted(fields))}: set {key} to the right name"
+                f"{', '.join(sorted(fields))}: set {key} to the right name{hint}"
             )
         if not isinstance(fields[col], types):
             raise SchemaError(
@@ -102,6 +117,7 @@ def tag_reasons(
     timestamp_col: str = "",
     rating_min: float,
     rating_max: float,
+    feedback: str = "ratings",
 ) -> DataFrame:
     """Add a ``reason`` column: null for a usable row, else why the row cannot be used.
 
@@ -109,11 +125,15 @@ def tag_reasons(
     blank user id, the same for the item id, null rating, NaN rating, infinite rating,
     rating out of range, null timestamp (only when a timestamp column is configured).
 
+    With ``feedback="interactions"`` the rating column holds an interaction's value (a
+    count or strength): ``rating_min`` and ``rating_max`` do not apply, and a value <= 0
+    is quarantined as ``"<rating_col> is not positive"`` instead; with ``rating_col=""``
+    every row has the value 1 and only the ids (and the timestamp) are checked.
+
     String ids are kept exactly as given (``' u1 '`` and ``'u1'`` are two ids); an id
     made only of whitespace or invisible characters (:data:`BLANK_ID`) is quarantined.
     """
     dtypes = {f.name: f.dataType for f in df.schema.fields}
-    rating = F.col(rating_col).cast("double")
 
     def id_checks(col: str) -> list[tuple[Column, str]]:
         c = F.col(col)
@@ -124,17 +144,23 @@ def tag_reasons(
             (c.rlike(BLANK_ID), f"blank {col} (only whitespace or invisible characters)"),
         ]
 
-    checks: list[tuple[Column, str]] = [
-        *id_checks(user_col),
-        *id_checks(item_col),
-        (F.col(rating_col).isNull(), f"null {rating_col}"),
-        (F.isnan(rating), f"{rating_col} is NaN"),
-        (F.abs(rating) == float("inf"), f"{rating_col} is infinite"),
-        (
-            (rating < rating_min) | (rating > rating_max),
-            f"{rating_col} outside [{rating_min:g}, {rating_max:g}]",
-        ),
-    ]
+    checks: list[tuple[Column, str]] = [*id_checks(user_col), *id_checks(item_col)]
+    if rating_col:
+        rating = F.col(rating_col).cast("double")
+        checks += [
+            (F.col(rating_col).isNull(), f"null {rating_col}"),
+            (F.isnan(rating), f"{rating_col} is NaN"),
+            (F.abs(rating) == float("inf"), f"{rating_col} is infinite"),
+        ]
+        if feedback == "interactions":
+            checks.append((rating <= 0, f"{rating_col} is not positive"))
+        else:
+            checks.append(
+                (
+                    (rating < rating_min) | (rating > rating_max),
+                    f"{rating_col} outside [{rating_min:g}, {rating_max:g}]",
+                )
+            )
     if timestamp_col:
         checks.append((F.col(timestamp_col).isNull(), f"null {timestamp_col}"))
         if isinstance(dtypes[timestamp_col], (T.DoubleType, T.FloatType)):
@@ -156,8 +182,9 @@ def canonical(
     rating_col: str,
     timestamp_col: str = "",
 ) -> DataFrame:
-    """The usable rows under canonical names: user_id, item_id (raw types), rating double,
-    and timestamp (epoch seconds, long) when configured. String ids are kept as given."""
+    """The usable rows under canonical names: user_id, item_id (raw types), rating double
+    (1.0 on every row when ``rating_col`` is ``""``: interactions without a value), and
+    timestamp (epoch seconds, long) when configured. String ids are kept as given."""
     dtypes = {f.name: f.dataType for f in df.schema.fields}
 
     def ident(col: str, name: str) -> Column:
@@ -169,7 +196,7 @@ def canonical(
     cols = [
         ident(user_col, USER),
         ident(item_col, ITEM),
-        F.col(rating_col).cast("double").alias(RATING),
+        (F.col(rating_col).cast("double") if rating_col else F.lit(1.0)).alias(RATING),
     ]
     if timestamp_col:
         cols.append(
@@ -182,8 +209,9 @@ def resolve_duplicates(df: DataFrame, policy: str, *, has_timestamp: bool) -> Da
     """One row per (user_id, item_id).
 
     ``latest`` keeps the rating with the newest timestamp (ties: the higher rating);
-    ``mean`` averages the ratings (the timestamp becomes the newest). ``error`` is checked
-    by the caller (it needs an action) and returns the input unchanged here.
+    ``mean`` averages the ratings and ``sum`` adds them (3 plays of one song: value 3);
+    with both the timestamp becomes the newest. ``error`` is checked by the caller (it
+    needs an action) and returns the input unchanged here.
     """
     if policy == "error":
         return df
@@ -208,6 +236,14 @@ def resolve_duplicates(df: DataFrame, policy: str, *, has_timestamp: bool) -> Da
             .cast("double")
             .alias(RATING)
         ]
+        if has_timestamp:
+            aggs.append(F.max(TIMESTAMP).alias(TIMESTAMP))
+        return df.groupBy(USER, ITEM).agg(*aggs)
+    if policy == "sum":
+        # added in ascending order, so the sum does not depend on the partitioning (the
+        # exact decimal sum of "mean" would round values below 1e-18 and refuse above 1e20)
+        values = F.array_sort(F.collect_list(RATING))
+        aggs = [F.aggregate(values, F.lit(0.0), lambda acc, x: acc + x).alias(RATING)]
         if has_timestamp:
             aggs.append(F.max(TIMESTAMP).alias(TIMESTAMP))
         return df.groupBy(USER, ITEM).agg(*aggs)
