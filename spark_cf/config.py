@@ -267,6 +267,13 @@ def _validate(cfg: Config) -> None:
     _check(m.init_scale > 0, "model.init_scale", "must be > 0", m.init_scale)
     _check(m.seed >= 0, "model.seed", "must be >= 0", m.seed)
     rk = cfg.ranking
+    _check(
+        rk.enabled or i.feedback == "ratings",
+        "ranking.enabled",
+        "must be true with input.feedback = 'interactions' (without ratings the ranking "
+        "model is the only one trained)",
+        rk.enabled,
+    )
     _check(rk.rank >= 1, "ranking.rank", "must be >= 1", rk.rank)
     _check(rk.reg >= 0, "ranking.reg", "must be >= 0", rk.reg)
     _check(rk.alpha >= 0, "ranking.alpha", "must be >= 0", rk.alpha)
@@ -489,6 +496,13 @@ def fit_arguments(cfg: Config, *, ranking: bool = False) -> dict[str, Any]:
     }
     if ranking:
         rk = cfg.ranking
+    _check(
+        rk.enabled or i.feedback == "ratings",
+        "ranking.enabled",
+        "must be true with input.feedback = 'interactions' (without ratings the ranking "
+        "model is the only one trained)",
+        rk.enabled,
+    )
         args.update(
             rank=rk.rank,
             reg_param=rk.reg,

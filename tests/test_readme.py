@@ -63,6 +63,8 @@ def test_reading_example_reproduces_every_prediction_and_top_n_score(
     exec(compile(reading_example(), "README.md", "exec"), namespace)  # noqa: S102
     printed = capsys.readouterr().out.split("\n")
     score, predictions, top = namespace["score"], namespace["predictions"], namespace["top"]
+    top_score = namespace["top_score"]
+    assert cfg.ranking.enabled and namespace["metrics"]["top_n_model"] == "ranking_model"
     lo, hi = namespace["lo"], namespace["hi"]
     assert len(predictions) > 100 and len(top) > 100
 
@@ -71,7 +73,7 @@ def test_reading_example_reproduces_every_prediction_and_top_n_score(
         got = float(np.clip(score(row.user_id, row.item_id), lo, hi))
         assert math.isclose(got, want, rel_tol=1e-12, abs_tol=1e-12), (row, got)
     for row in top.itertuples():
-        got = float(score(row.user_id, row.item_id))
+        got = float(top_score(row.user_id, row.item_id))
         assert math.isclose(got, row.score, rel_tol=1e-12, abs_tol=1e-12), (row, got)
     # what it prints: the published value and the rule's value, side by side
     for line in printed[:2]:
