@@ -8,6 +8,7 @@ from spark_cf.data.indexing import IdIndex
 from spark_cf.model.cf_model import CFModel
 from spark_cf.schema import (
     BIAS,
+    COUNT,
     FEATURES,
     ITEM,
     ITEM_FACTORS,
@@ -39,6 +40,8 @@ def factor_tables(model: CFModel):
     if model.biases:
         users[BIAS] = pa.array(model.user_bias)
         items[BIAS] = pa.array(model.item_bias)
+    if model.item_counts is not None:
+        items[COUNT] = pa.array(np.asarray(model.item_counts, dtype=np.int64))
     return pa.table(users), pa.table(items)
 
 
@@ -72,7 +75,11 @@ def _matrix(column, rank: int) -> np.ndarray:
 
 
 def load_model(spark, path: str) -> CFModel:
-    """Read a model written by :func:`save_model` back (rows ordered by raw id again)."""
+    """Read a model written by :func:`save_model` back (rows ordered by raw id again).
+
+    A model saved without the items' ``count`` column (before it existed) loads with
+    ``item_counts`` None.
+    """
     import pyarrow.compute as pc
 
     from spark_cf import storage
@@ -97,5 +104,6 @@ def load_model(spark, path: str) -> CFModel:
         global_mean=float(meta["global_mean"]),
         item_bias=items.column(BIAS).to_numpy() if biases else None,
         user_bias=users.column(BIAS).to_numpy() if biases else None,
+        item_counts=items.column(COUNT).to_numpy() if COUNT in items.column_names else None,
         metadata=meta,
     )
