@@ -40,20 +40,25 @@ def factor_tables(model: CFModel):
     if model.biases:
         users[BIAS] = pa.array(model.user_bias)
         items[BIAS] = pa.array(model.item_bias)
-    if model.item_counts is not None:
-        items[COUNT] = pa.array(np.asarray(model.item_counts, dtype=np.int64))
     return pa.table(users), pa.table(items)
 
 
 def save_model(spark, model: CFModel, path: str) -> None:
     """Write ``path/user_factors``, ``path/item_factors`` (Parquet) and ``path/metadata.json``.
 
+    ``item_factors`` holds :func:`factor_tables`' columns and, when the model has them,
+    the items' training rating counts (``count``).
+
     ``path`` is a staging folder: the caller publishes it as a whole
     (:class:`spark_cf.outputs.publish.Publication`).
     """
+    import pyarrow as pa
+
     from spark_cf import storage
 
     users, items = factor_tables(model)
+    if model.item_counts is not None:  # not a scoring parameter: saved, not in the factors
+        items = items.append_column(COUNT, pa.array(np.asarray(model.item_counts, np.int64)))
     storage.write_parquet(spark.createDataFrame(users), f"{path}/{USER_FACTORS}", partitions=1)
     storage.write_parquet(spark.createDataFrame(items), f"{path}/{ITEM_FACTORS}", partitions=1)
     meta = dict(model.metadata)
