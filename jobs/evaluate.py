@@ -5,8 +5,10 @@
 Scores every rating at input.path with the model (cold-start rules as in predictions)
 and reports RMSE and MAE, and precision/recall/nDCG/MAP@k of the model's top-k (items
 rated in --exclude-from excluded) against the ratings >= relevance_threshold: the
-nightly job's evaluation (spark_cf.outputs.evaluation.evaluate_model). Prints the table
-and writes the metrics as JSON to --output when given.
+nightly job's evaluation (spark_cf.outputs.evaluation.evaluate_model). Beside the model,
+the @k metrics of the most-popular baseline (the items by the model's training rating
+counts; for a model saved without them, by the --exclude-from ratings' counts, else
+unavailable). Prints the table and writes the metrics as JSON to --output when given.
 """
 
 from __future__ import annotations

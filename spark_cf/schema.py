@@ -17,8 +17,9 @@ USER_IDX, ITEM_IDX = "user_idx", "item_idx"
 IS_VAL = "is_val"
 #: Columns of the predictions and top-N tables.
 PREDICTION, RANK, SCORE = "prediction", "rank", "score"
-#: Columns of the factor tables.
-FEATURES, MEAN, BIAS = "features", "mean", "bias"
+#: Columns of the factor tables (``count``: an item's training ratings, for the
+#: most-popular baseline).
+FEATURES, MEAN, BIAS, COUNT = "features", "mean", "bias", "count"
 
 #: The parts of a saved model folder.
 USER_FACTORS, ITEM_FACTORS, METADATA = "user_factors", "item_factors", "metadata.json"

@@ -4,6 +4,7 @@ run on the same ratings: one metadata, one publication, one evaluation, one top-
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import pytest
 from spark_cf.config import Config
 from spark_cf.data.synthetic import SyntheticSpec, write_parquet
 from spark_cf.nightly.run import run_evaluate, run_nightly, run_recommend, run_train
+from spark_cf.outputs.evaluation import RANKING_METRICS
+from spark_cf.outputs.report import metrics_table
 from spark_cf.schema import IS_VAL, ITEM, RANK, RATING, SCORE, USER
 
 pytestmark = pytest.mark.spark
@@ -54,6 +57,16 @@ def setup(spark, tmp_path_factory):
     return tmp, cfg, Path(outcome.path), outcome
 
 
+def assert_same_metrics(got: dict, want: dict) -> None:
+    """The same keys, None where ``want`` has None, the other values to 1e-12."""
+    assert set(got) == set(want)
+    for name, value in want.items():
+        if value is None:
+            assert got[name] is None, name
+        else:
+            assert got[name] == pytest.approx(value, rel=1e-12), name
+
+
 def test_train_publishes_a_model_with_the_nightly_models_metadata_keys(spark, setup):
     tmp, cfg, run, _ = setup
     target, model, result = run_train(spark, cfg, str(tmp / "trained"))
@@ -85,6 +98,34 @@ def test_evaluate_reproduces_the_nightly_heldout_evaluation(spark, setup):
     for name, value in nightly.items():
         # RMSE/MAE may sum the rows in another order
         assert metrics["model"][name] == pytest.approx(value, rel=1e-12), name
+    # the most-popular baseline from the counts saved with the model: the nightly's, which
+    # counted the training split, and in metrics.json with the four @k metrics
+    published = json.loads((run / "metrics.json").read_text())["evaluation"]["popularity"]
+    assert published == outcome.metrics["evaluation"]["popularity"]
+    assert published["rmse"] is None and published["mae"] is None
+    assert all(0 < published[name] < 1 for name in RANKING_METRICS)
+    assert_same_metrics(metrics["popularity"], published)
+    assert "popularity" in metrics_table(metrics, cfg.evaluate.k)
+
+
+def test_evaluate_ranks_by_the_exclude_from_counts_for_a_model_saved_without_counts(spark, setup):
+    tmp, cfg, run, outcome = setup
+    old = tmp / "old_model"
+    shutil.copytree(run / "model", old)
+    shutil.rmtree(old / "item_factors")
+    items = spark.read.parquet(str(run / "model" / "item_factors")).drop("count")
+    items.write.parquet(str(old / "item_factors"))
+    heldout = cfg.replace(input={"path": str(tmp / "heldout.parquet")})
+    metrics = run_evaluate(spark, heldout, str(old), exclude_from=str(tmp / "training.parquet"))
+    assert_same_metrics(metrics["popularity"], outcome.metrics["evaluation"]["popularity"])
+    # neither counts nor --exclude-from: reported as unavailable, and the table says so
+    metrics = run_evaluate(spark, heldout, str(old))
+    assert [metrics["popularity"][name] for name in RANKING_METRICS] == [None] * 4
+    assert (
+        metrics_table(metrics, cfg.evaluate.k)
+        .splitlines()[-1]
+        .startswith("popularity: unavailable")
+    )
 
 
 def test_recommend_reproduces_the_nightly_top_n(spark, setup):

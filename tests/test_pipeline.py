@@ -111,7 +111,12 @@ def test_run_layout_and_metrics(published, ratings_path):
     } <= set(metrics["timings_s"])
     ev = metrics["evaluation"]
     assert ev["model"]["rmse"] < ev["item_mean"]["rmse"] < ev["global_mean"]["rmse"]
+    popularity = ev["popularity"]
+    assert popularity["rmse"] is None and popularity["mae"] is None
+    for name in ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k"):
+        assert 0 <= popularity[name] <= 1, name
     assert "rmse" in outcome.table and "ndcg@5" in outcome.table
+    assert "popularity" in outcome.table
     meta = json.loads((run / "model" / "metadata.json").read_text())
     assert meta["rank"] == 4 and meta["global_mean"] == 0.0
     assert meta["config"]["model"]["reg"] == 1.0 and meta["software"]["pyspark"]
@@ -124,7 +129,8 @@ def test_table_schemas(published):
     assert users.schema.field("user_id").type == pa.int64()
     assert users.schema.field("features").type == pa.list_(pa.float64())
     items = read(run / "model" / "item_factors")
-    assert set(items.column_names) == {"item_id", "features", "mean"}
+    assert set(items.column_names) == {"item_id", "features", "mean", "count"}
+    assert items.schema.field("count").type == pa.int64()
     preds = read(run / "predictions")
     assert preds.column_names == ["user_id", "item_id", "prediction"]
     top = read(run / "top_n")

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CFModel:
-    """Item features, user parameters, biases and offsets, with the raw-id index."""
+    """Item features, user parameters, biases and offsets, with the raw-id index, and the
+    items' training rating counts when known (they do not score: the evaluation's
+    most-popular baseline ranks by them)."""
 
     index: IdIndex
     item_factors: np.ndarray  # (num_items, rank)
@@ -33,6 +35,9 @@ class CFModel:
     global_mean: float
     item_bias: np.ndarray | None = None
     user_bias: np.ndarray | None = None
+    #: (num_items,) training ratings per item (the most-popular baseline ranks by them);
+    #: None for a model saved without them
+    item_counts: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property

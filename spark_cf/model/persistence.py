@@ -8,6 +8,7 @@ from spark_cf.data.indexing import IdIndex
 from spark_cf.model.cf_model import CFModel
 from spark_cf.schema import (
     BIAS,
+    COUNT,
     FEATURES,
     ITEM,
     ITEM_FACTORS,
@@ -45,12 +46,19 @@ def factor_tables(model: CFModel):
 def save_model(spark, model: CFModel, path: str) -> None:
     """Write ``path/user_factors``, ``path/item_factors`` (Parquet) and ``path/metadata.json``.
 
+    ``item_factors`` holds :func:`factor_tables`' columns and, when the model has them,
+    the items' training rating counts (``count``).
+
     ``path`` is a staging folder: the caller publishes it as a whole
     (:class:`spark_cf.outputs.publish.Publication`).
     """
+    import pyarrow as pa
+
     from spark_cf import storage
 
     users, items = factor_tables(model)
+    if model.item_counts is not None:  # not a scoring parameter: saved, not in the factors
+        items = items.append_column(COUNT, pa.array(np.asarray(model.item_counts, np.int64)))
     storage.write_parquet(spark.createDataFrame(users), f"{path}/{USER_FACTORS}", partitions=1)
     storage.write_parquet(spark.createDataFrame(items), f"{path}/{ITEM_FACTORS}", partitions=1)
     meta = dict(model.metadata)
@@ -72,7 +80,11 @@ def _matrix(column, rank: int) -> np.ndarray:
 
 
 def load_model(spark, path: str) -> CFModel:
-    """Read a model written by :func:`save_model` back (rows ordered by raw id again)."""
+    """Read a model written by :func:`save_model` back (rows ordered by raw id again).
+
+    A model saved without the items' ``count`` column (before it existed) loads with
+    ``item_counts`` None.
+    """
     import pyarrow.compute as pc
 
     from spark_cf import storage
@@ -97,5 +109,6 @@ def load_model(spark, path: str) -> CFModel:
         global_mean=float(meta["global_mean"]),
         item_bias=items.column(BIAS).to_numpy() if biases else None,
         user_bias=users.column(BIAS).to_numpy() if biases else None,
+        item_counts=items.column(COUNT).to_numpy() if COUNT in items.column_names else None,
         metadata=meta,
     )

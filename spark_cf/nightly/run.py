@@ -28,7 +28,13 @@ from spark_cf.errors import ConfigError
 from spark_cf.model.persistence import load_model, save_model
 from spark_cf.model.scoring import SCORING_RULE
 from spark_cf.nightly import preflight
-from spark_cf.outputs.evaluation import evaluate_model, heldout_metrics
+from spark_cf.outputs.evaluation import (
+    evaluate_model,
+    heldout_metrics,
+    item_counts,
+    popularity_baseline,
+    unavailable,
+)
 from spark_cf.outputs.publish import Publication
 from spark_cf.outputs.recommend import predict, rated_pairs, recommendations
 from spark_cf.outputs.report import convergence_png, metrics_table
@@ -479,11 +485,17 @@ def run_recommend(spark, cfg: Config, model_path: str, output: str) -> tuple[int
 def run_evaluate(
     spark, cfg: Config, model_path: str, *, exclude_from: str | None = None
 ) -> dict[str, dict[str, Any]]:
-    """``jobs/evaluate.py``: the model at ``model_path`` on the ratings at ``input.path``
-    (:func:`spark_cf.outputs.evaluation.evaluate_model`, as the nightly evaluates).
+    """``jobs/evaluate.py``: the model at ``model_path`` and the most-popular baseline on
+    the ratings at ``input.path`` (:func:`spark_cf.outputs.evaluation.evaluate_model`, as
+    the nightly evaluates).
 
     ``exclude_from``: a ratings Parquet (``[input]``'s column names) whose pairs are left
-    out of the top-k lists (the model's training ratings). Returns ``{"model": metrics}``.
+    out of the top-k lists (the model's training ratings). The baseline ranks the items by
+    the model's training rating counts (``item_counts``, saved with the model); a model
+    saved without them takes the counts of ``exclude_from``'s ratings, and without that
+    the baseline is unavailable (its metrics None, with a ``note``).
+
+    Returns ``{"model": metrics, "popularity": metrics}``.
     """
     model = load_model(spark, model_path)
     ingested = ingest(spark, cfg.input)
@@ -497,16 +509,38 @@ def run_evaluate(
                 .toDF(USER, ITEM)
             )
             exclude = rated_pairs(seen, model.index)
-        metrics = evaluate_model(
-            spark,
-            model,
-            truth,
-            exclude,
-            k=cfg.evaluate.k,
-            relevance_threshold=cfg.evaluate.relevance_threshold,
-            clip=clip_range(cfg),
-            block_size=cfg.recommend.block_size,
-        )
+        counts = model.item_counts
+        if counts is None and exclude is not None:
+            log.info(
+                "the model has no item counts (saved before they were): the most-popular "
+                "baseline ranks by the ratings of %s",
+                exclude_from,
+            )
+            counts = item_counts(exclude, model.index.num_items)
+        evaluated = {"model": model}
+        if counts is not None:
+            evaluated["popularity"] = popularity_baseline(model.index, counts)
+        metrics = {
+            name: evaluate_model(
+                spark,
+                m,
+                truth,
+                exclude,
+                k=cfg.evaluate.k,
+                relevance_threshold=cfg.evaluate.relevance_threshold,
+                clip=clip_range(cfg),
+                block_size=cfg.recommend.block_size,
+                ranks_only=name == "popularity",
+            )
+            for name, m in evaluated.items()
+        }
+        if counts is None:
+            reason = (
+                "unavailable: the model was saved without item counts and no "
+                "--exclude-from ratings were given"
+            )
+            log.warning("most-popular baseline %s", reason)
+            metrics["popularity"] = unavailable(reason)
     finally:
         ingested.unpersist()
-    return {"model": metrics}
+    return metrics

@@ -15,8 +15,11 @@ Definitions, for a user with relevant set R and recommendation list L (ranks 1..
 ``AP = sum_{hits at rank r} (hits up to r) / r / min(|R|, k)``.
 
 Baselines beside the model on the held-out ratings: the item mean (each item's exact
-training mean, :func:`item_mean_baseline`) and the global mean (the mean training rating;
-a constant score ranks nothing, so its @k metrics are None).
+training mean, :func:`item_mean_baseline`), the most popular items (each user's top-k of
+the items by training rating count, :func:`popularity_baseline`: a top-N list that does
+not beat it does not personalise; it ranks only, so its RMSE and MAE are None) and the
+global mean (the mean training rating; a constant score ranks nothing, so its @k metrics
+are None).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from spark_cf.data.indexing import IdIndex
 from spark_cf.data.prepare import TrainingData, exact_item_means
 from spark_cf.model.cf_model import CFModel
 from spark_cf.outputs.recommend import top_n
@@ -121,6 +125,7 @@ def evaluate_model(
     relevance_threshold: float,
     clip: tuple[float, float] | None,
     block_size: int = 4096,
+    ranks_only: bool = False,
 ) -> dict[str, Any]:
     """RMSE/MAE and the @k metrics of ``model`` on the ratings of ``truth``.
 
@@ -146,6 +151,9 @@ def evaluate_model(
         (low, high) bounds of the predictions, or None.
     block_size
         Users per top-N task.
+    ranks_only
+        True for a model whose scores are not ratings (:func:`popularity_baseline`): its
+        ``rmse`` and ``mae`` are None.
 
     Returns
     -------
@@ -158,6 +166,8 @@ def evaluate_model(
     y = truth.column(RATING).to_numpy()
     pred = model.predict_indices(users, items)
     out: dict[str, Any] = regression_metrics(y, np.clip(pred, *clip) if clip else pred)
+    if ranks_only:
+        out.update(rmse=None, mae=None)
     relevant = y >= relevance_threshold
     targets = np.unique(users[relevant & (users >= 0)])
     recs = top_n(spark, model, exclude, n=k, users=targets, block_size=block_size).toArrow()
@@ -185,6 +195,51 @@ def item_mean_baseline(data: TrainingData) -> CFModel:
     return CFModel(index, zeros_i, zeros_u, means, 0.0)
 
 
+def item_counts(pairs: DataFrame, num_items: int) -> np.ndarray:
+    """Rows per item of ``pairs`` (a DataFrame with ``item_idx``; pass the training
+    ratings): (num_items,) int64, 0 for an item with none."""
+    counts = np.zeros(num_items, dtype=np.int64)
+    for row in pairs.groupBy(ITEM_IDX).count().collect():
+        counts[row[ITEM_IDX]] = row["count"]
+    return counts
+
+
+def popularity_baseline(index: IdIndex, counts: np.ndarray) -> CFModel:
+    """The most-popular baseline: the items ranked by their training rating count.
+
+    A model with zero factors whose item offsets are the counts, so that the one scoring
+    rule scores every user's items by count and :func:`~spark_cf.outputs.recommend.top_n`
+    ranks them, most rated first, a tie to the smaller item index (the smaller raw id).
+    Its scores are counts, not ratings: evaluate it with ``ranks_only``.
+
+    Parameters
+    ----------
+    index
+        The model's raw-id index.
+    counts
+        (num_items,) training ratings per item (:func:`item_counts`, or a model's
+        ``item_counts``).
+
+    Returns
+    -------
+    The baseline as a :class:`~spark_cf.model.cf_model.CFModel`.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.shape != (index.num_items,):
+        raise ValueError(f"{counts.shape[0]} item counts for {index.num_items} items")
+    zeros_u = np.zeros((index.num_users, 1))
+    zeros_i = np.zeros((index.num_items, 1))
+    return CFModel(index, zeros_i, zeros_u, counts.astype(np.float64), 0.0, item_counts=counts)
+
+
+def unavailable(reason: str) -> dict[str, Any]:
+    """The metrics of a baseline that could not be evaluated: every metric None, and
+    ``note`` saying why (:func:`spark_cf.outputs.report.metrics_table` prints it)."""
+    out: dict[str, Any] = dict.fromkeys(("rmse", "mae", *RANKING_METRICS))
+    out["note"] = reason
+    return out
+
+
 def heldout_metrics(
     spark: SparkSession,
     data: TrainingData,
@@ -195,16 +250,24 @@ def heldout_metrics(
     clip: tuple[float, float] | None,
     block_size: int = 4096,
 ) -> dict[str, dict[str, Any]]:
-    """The model, the item mean and the global mean on the held-out ratings of ``data``.
+    """The model and the baselines on the held-out ratings of ``data``: ``model``,
+    ``item_mean``, ``popularity`` and ``global_mean``.
 
-    Each of the model and the item-mean baseline through :func:`evaluate_model` (items
-    rated in training left out of the lists); the global mean (``data.rating_mean``) gets
-    RMSE and MAE, its @k metrics None. Arguments as for :func:`evaluate_model`.
+    Each of the model, the item-mean and the most-popular baselines (the counts of the
+    training split) through :func:`evaluate_model` (items rated in training left out of
+    the lists; the most-popular baseline ranks only, its RMSE and MAE None); the global
+    mean (``data.rating_mean``) gets RMSE and MAE, its @k metrics None. Arguments as for
+    :func:`evaluate_model`.
     """
     truth = data.ratings.where(F.col(IS_VAL)).select(USER, ITEM, RATING).toArrow()
     train_rated = data.ratings.where(~F.col(IS_VAL)).select(USER_IDX, ITEM_IDX)
+    popular = popularity_baseline(data.index, item_counts(train_rated, data.index.num_items))
     out: dict[str, dict[str, Any]] = {}
-    for name, m in (("model", model), ("item_mean", item_mean_baseline(data))):
+    for name, m in (
+        ("model", model),
+        ("item_mean", item_mean_baseline(data)),
+        ("popularity", popular),
+    ):
         out[name] = evaluate_model(
             spark,
             m,
@@ -214,6 +277,7 @@ def heldout_metrics(
             relevance_threshold=relevance_threshold,
             clip=clip,
             block_size=block_size,
+            ranks_only=m is popular,
         )
     y = truth.column(RATING).to_numpy()
     constant = np.full(len(y), data.rating_mean)

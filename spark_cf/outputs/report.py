@@ -45,13 +45,16 @@ def format_table(rows: dict[str, dict[str, Any]], columns: list[str]) -> str:
 
 def metrics_table(evaluation: dict[str, dict[str, Any]], k: int) -> str:
     """The evaluation table of :func:`spark_cf.outputs.evaluation.heldout_metrics` or
-    :func:`~spark_cf.outputs.evaluation.evaluate_model` (one row per model), with the
-    ``_at_k`` metrics headed ``@k``."""
+    :func:`~spark_cf.nightly.run.run_evaluate` (one row per model), with the ``_at_k``
+    metrics headed ``@k``; a row with a ``note`` (a baseline that could not be
+    evaluated) has it printed under the table."""
     renamed = {
         name: {c.replace("_at_k", f"@{k}"): v for c, v in values.items()}
         for name, values in evaluation.items()
     }
-    return format_table(renamed, [c.replace("_at_k", f"@{k}") for c in METRIC_COLUMNS])
+    table = format_table(renamed, [c.replace("_at_k", f"@{k}") for c in METRIC_COLUMNS])
+    notes = [f"{name}: {values['note']}" for name, values in evaluation.items() if "note" in values]
+    return "\n".join([table, *notes])
 
 
 def convergence_png(history: list[dict[str, float]]) -> bytes | None:

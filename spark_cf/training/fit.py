@@ -209,6 +209,7 @@ def fit(
         global_mean=data.normalization.global_mean,
         item_bias=layout.item_bias(w).copy() if biases else None,
         user_bias=layout.user_bias(w).copy() if biases else None,
+        item_counts=blocks.item_counts.copy(),
     )
     return model, result
 
