@@ -496,13 +496,6 @@ def fit_arguments(cfg: Config, *, ranking: bool = False) -> dict[str, Any]:
     }
     if ranking:
         rk = cfg.ranking
-    _check(
-        rk.enabled or i.feedback == "ratings",
-        "ranking.enabled",
-        "must be true with input.feedback = 'interactions' (without ratings the ranking "
-        "model is the only one trained)",
-        rk.enabled,
-    )
         args.update(
             rank=rk.rank,
             reg_param=rk.reg,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -305,11 +306,15 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
     final, staged = pub.path, pub.staging
     date = final.rsplit("run_date=", 1)[1]  # the date of the lock, even past midnight
     cfg = resolve_warm_start(spark, cfg, date)  # before the ratings are read
+    # interaction data has no ratings: the ranking model is the only one, nothing is
+    # predicted and every held-out interaction is relevant
+    has_ratings = cfg.input.feedback == "ratings"
     ingested, data = ingest_and_prepare(spark, cfg, timings)
     final_data = data
     try:
-        model, result = _train(data, cfg, timings, "train")
-        ranker = ranker_result = None
+        model = result = ranker = ranker_result = None
+        if has_ratings:
+            model, result = _train(data, cfg, timings, "train")
         if cfg.ranking.enabled:
             with stage("train_ranking", timings):
                 ranker, ranker_result = train_ranking(data, cfg)
@@ -320,16 +325,20 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                     spark,
                     data,
                     model,
+                    ranker=ranker,
                     k=cfg.evaluate.k,
-                    relevance_threshold=cfg.evaluate.relevance_threshold,
+                    relevance_threshold=(
+                        cfg.evaluate.relevance_threshold if has_ratings else -math.inf
+                    ),
                     clip=clip_range(cfg),
                     block_size=cfg.recommend.block_size,
                 )
         else:
             log.warning("evaluate.holdout_fraction = 0: no held-out ratings, no evaluation")
-        history = _history(result)
+        history = _history(result) if result is not None else None
         ranking_history = _history(ranker_result) if ranker_result is not None else None
-        if cfg.evaluate.refit and data.num_val:
+        refit = bool(cfg.evaluate.refit and data.num_val)
+        if refit:
             final_data = prepare(
                 ingested.ratings,
                 holdout_fraction=0.0,
@@ -344,46 +353,40 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                 refit_cfg = cfg.replace(
                     train={"checkpoint_dir": f"{cfg.train.checkpoint_dir.rstrip('/')}/refit"}
                 )
-            model, result = _train(final_data, refit_cfg, timings, "refit")
-            history["refit"] = _refit_summary(result)
+            if model is not None:
+                model, result = _train(final_data, refit_cfg, timings, "refit")
+                history["refit"] = _refit_summary(result)
             if ranker is not None:
                 with stage("refit_ranking", timings):
                     ranker, ranker_result = train_ranking(final_data, refit_cfg)
                 ranking_history["refit"] = _refit_summary(ranker_result)
-        model.metadata = model_metadata(
-            spark,
-            cfg,
-            date=date,
-            ingested=ingested,
-            data=final_data,
-            result=result,
-            refit=final_data is not data,
-        )
-        if ranker is not None:
-            ranker.metadata = model_metadata(
-                spark,
-                cfg,
-                date=date,
-                ingested=ingested,
-                data=final_data,
-                result=ranker_result,
-                refit=final_data is not data,
-                ranking=True,
-            )
-        with stage("predict", timings):
-            if cfg.predict.pairs:
-                pairs = storage.read_parquet(spark, cfg.predict.pairs, ids=(USER, ITEM))
-            else:
-                pairs = data.ratings.where(F.col(IS_VAL)).select(USER, ITEM)
-            predictions = predict(
-                pairs,
-                model,
-                unknown_item=cfg.predict.unknown_item,
-                fallback=final_data.rating_mean,
-                clip=clip_range(cfg),
-            )
-            predictions = predictions.orderBy(USER, ITEM)
-            storage.write_parquet(predictions, f"{staged}/{PREDICTIONS}")
+        for m, r, ranking in ((model, result, False), (ranker, ranker_result, True)):
+            if m is not None:
+                m.metadata = model_metadata(
+                    spark,
+                    cfg,
+                    date=date,
+                    ingested=ingested,
+                    data=final_data,
+                    result=r,
+                    refit=refit,
+                    ranking=ranking,
+                )
+        if model is not None:
+            with stage("predict", timings):
+                if cfg.predict.pairs:
+                    pairs = storage.read_parquet(spark, cfg.predict.pairs, ids=(USER, ITEM))
+                else:
+                    pairs = data.ratings.where(F.col(IS_VAL)).select(USER, ITEM)
+                predictions = predict(
+                    pairs,
+                    model,
+                    unknown_item=cfg.predict.unknown_item,
+                    fallback=final_data.rating_mean,
+                    clip=clip_range(cfg),
+                )
+                predictions = predictions.orderBy(USER, ITEM)
+                storage.write_parquet(predictions, f"{staged}/{PREDICTIONS}")
         with stage("top_n", timings):
             # every rating the user gave (training and held-out) counts as rated
             rated = final_data.ratings.select(USER_IDX, ITEM_IDX)
@@ -391,11 +394,13 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
             recs, unknown = recommendations(spark, scorer, rated, cfg.recommend)
             storage.write_parquet(recs, f"{staged}/{TOP_N}")
         with stage("publish", timings):
-            save_model(spark, model, f"{staged}/{MODEL}")
+            if model is not None:
+                save_model(spark, model, f"{staged}/{MODEL}")
             if ranker is not None:
                 save_model(spark, ranker, f"{staged}/{RANKING_MODEL}")
             storage.write_parquet(ingested.quarantine, f"{staged}/{QUARANTINE}", partitions=1)
-            counts = storage.row_counts(spark, staged, (PREDICTIONS, TOP_N))
+            tables = (PREDICTIONS, TOP_N) if model is not None else (TOP_N,)
+            counts = storage.row_counts(spark, staged, tables)
             metrics = {
                 "run_date": date,
                 "ingest": ingested.metrics(),
@@ -410,7 +415,7 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
             }
             metrics["timings_s"]["total"] = round(time.perf_counter() - started, 3)
             storage.write_json(spark, f"{staged}/{METRICS}", metrics)
-            png = convergence_png(result.history)
+            png = convergence_png((result or ranker_result).history)
             if png is not None:
                 storage.write_bytes(spark, f"{staged}/{CONVERGENCE}", png)
             commit(spark, pub)
@@ -433,7 +438,8 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
 def run_train(spark, cfg: Config, model_out: str | None = None):
     """``jobs/train.py``: ingest, train on the training split and publish the model at
     ``model_out`` (default ``<output.root>/model``), with the metadata and the publication
-    of the nightly run's model.
+    of the nightly run's model: the ratings model of ``[model]``, or for interaction data
+    (``input.feedback = "interactions"``) the ranking model of ``[ranking]``.
 
     Returns ``(path, model, result)``.
     """
@@ -445,9 +451,20 @@ def run_train(spark, cfg: Config, model_out: str | None = None):
         timings: dict[str, float] = {}
         ingested, data = ingest_and_prepare(spark, cfg, timings)
         try:
-            model, result = _train(data, cfg, timings, "train")
+            interactions = cfg.input.feedback == "interactions"
+            if interactions:  # no ratings: the ranking model ([ranking])
+                with stage("train_ranking", timings):
+                    model, result = train_ranking(data, cfg)
+            else:
+                model, result = _train(data, cfg, timings, "train")
             model.metadata = model_metadata(
-                spark, cfg, date=date, ingested=ingested, data=data, result=result
+                spark,
+                cfg,
+                date=date,
+                ingested=ingested,
+                data=data,
+                result=result,
+                ranking=interactions,
             )
             with stage("publish", timings):
                 save_model(spark, model, pub.staging)

@@ -243,31 +243,38 @@ def unavailable(reason: str) -> dict[str, Any]:
 def heldout_metrics(
     spark: SparkSession,
     data: TrainingData,
-    model: CFModel,
+    model: CFModel | None,
     *,
     k: int,
     relevance_threshold: float,
     clip: tuple[float, float] | None,
     block_size: int = 4096,
+    ranker: CFModel | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The model and the baselines on the held-out ratings of ``data``: ``model``,
-    ``item_mean``, ``popularity`` and ``global_mean``.
+    """The models and the baselines on the held-out ratings of ``data``: ``model``,
+    ``ranking_model``, ``popularity``, ``item_mean`` and ``global_mean``.
 
-    Each of the model, the item-mean and the most-popular baselines (the counts of the
-    training split) through :func:`evaluate_model` (items rated in training left out of
-    the lists; the most-popular baseline ranks only, its RMSE and MAE None); the global
-    mean (``data.rating_mean``) gets RMSE and MAE, its @k metrics None. Arguments as for
-    :func:`evaluate_model`.
+    Each of the ratings model ``model``, the top-N model ``ranker`` (ranks only: its scores
+    are preferences, not ratings), the most-popular baseline (the counts of the training
+    split; ranks only) and the item-mean baseline through :func:`evaluate_model` (items
+    rated in training left out of the lists); the global mean (``data.rating_mean``) gets
+    RMSE and MAE, its @k metrics None. Without a ratings model (``model`` None:
+    interaction data) only ``ranking_model`` and ``popularity`` are reported. Arguments
+    as for :func:`evaluate_model`.
     """
     truth = data.ratings.where(F.col(IS_VAL)).select(USER, ITEM, RATING).toArrow()
     train_rated = data.ratings.where(~F.col(IS_VAL)).select(USER_IDX, ITEM_IDX)
     popular = popularity_baseline(data.index, item_counts(train_rated, data.index.num_items))
+    candidates = (
+        ("model", model, False),
+        ("ranking_model", ranker, True),
+        ("popularity", popular, True),
+        ("item_mean", item_mean_baseline(data) if model is not None else None, False),
+    )
     out: dict[str, dict[str, Any]] = {}
-    for name, m in (
-        ("model", model),
-        ("item_mean", item_mean_baseline(data)),
-        ("popularity", popular),
-    ):
+    for name, m, ranks_only in candidates:
+        if m is None:
+            continue
         out[name] = evaluate_model(
             spark,
             m,
@@ -277,10 +284,11 @@ def heldout_metrics(
             relevance_threshold=relevance_threshold,
             clip=clip,
             block_size=block_size,
-            ranks_only=m is popular,
+            ranks_only=ranks_only,
         )
-    y = truth.column(RATING).to_numpy()
-    constant = np.full(len(y), data.rating_mean)
-    out["global_mean"] = regression_metrics(y, np.clip(constant, *clip) if clip else constant)
-    out["global_mean"].update(dict.fromkeys(RANKING_METRICS))
+    if model is not None:
+        y = truth.column(RATING).to_numpy()
+        constant = np.full(len(y), data.rating_mean)
+        out["global_mean"] = regression_metrics(y, np.clip(constant, *clip) if clip else constant)
+        out["global_mean"].update(dict.fromkeys(RANKING_METRICS))
     return out
