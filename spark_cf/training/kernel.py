@@ -186,8 +186,7 @@ def block_gradients(
     d_ib = np.zeros(block.num_items if biased else 0)
     d_ub = np.zeros(block.num_users if biased else 0)
     if cost.ranking:
-        if biased:
-            raise ValueError("the ranking objective has no biases")
+        cost.check_biases(biased)
         loss, sse = _ranking_gradients(
             block.t_items, block.t_users, block.t_y, Xb, Tb, cost.alpha, d_items, d_users
         )
