@@ -194,7 +194,7 @@ def test_lockstep_parity_with_the_reference_on_a_2x2_grid(small_data, optimizer,
         train={
             "optimizer": optimizer,
             "learning_rate": lr,
-            "max_iter": 10,
+            "max_iter": 6,
             "tol": 0.0,
             "num_user_blocks": 2,
             "num_item_blocks": 2,
@@ -227,7 +227,7 @@ def ranking_fit(data, grid, **kw):
 def test_grids_agree_to_rounding_and_a_grid_repeats_bit_for_bit(small_data):
     # adam: its trajectories stay within rounding (L-BFGS amplifies rounding differences,
     # see spark_cf.reference.verify, so two grids agree less closely under it)
-    kw = dict(optimizer="adam", learning_rate=0.02, max_iter=8)
+    kw = dict(optimizer="adam", learning_rate=0.02, max_iter=5)
     one, one_result = ranking_fit(small_data, (1, 1), **kw)
     six, six_result = ranking_fit(small_data, (3, 2), **kw)
     again, again_result = ranking_fit(small_data, (3, 2), **kw)
@@ -306,10 +306,10 @@ def test_a_ranking_fit_refuses_blocks_of_normalised_ratings_and_reuses_raw_ones(
     )
     try:
         costs = [
-            ranking_fit(small_data, (2, 1), blocks=raw, alpha=a, max_iter=3)[1].final_cost
+            ranking_fit(small_data, (2, 1), blocks=raw, alpha=a, max_iter=1)[1].final_cost
             for a in (1.0, 3.0)
         ]
-        own = ranking_fit(small_data, (2, 1), alpha=3.0, max_iter=3)[1].final_cost
+        own = ranking_fit(small_data, (2, 1), alpha=3.0, max_iter=1)[1].final_cost
     finally:
         raw.unpersist()
     assert costs[0] != costs[1] and costs[1] == own
@@ -348,7 +348,7 @@ def test_the_ranking_model_beats_popularity_on_held_out_top_10(spark, tmp_path):
     )
     k = 10
     try:
-        model, _ = ranking_fit(data, (2, 1), rank=8, reg_param=10.0, alpha=2.0, max_iter=30)
+        model, _ = ranking_fit(data, (2, 1), rank=8, reg_param=10.0, alpha=2.0, max_iter=20)
         a = data.arrays()
         train = ~a[IS_VAL]
         rated = data.ratings.where(~data.ratings[IS_VAL]).select(USER_IDX, ITEM_IDX)
