@@ -291,8 +291,9 @@ class SparkObjective:
         cost.check_biases(layout.biases)
         if cost.ranking and blocks.offsets.any():
             raise ValueError(
-                "the ranking objective needs raw values, but these blocks subtracted a "
-                "normalisation: build them with Normalization(np.zeros(num_items), 0.0)"
+                "blocks: the ranking objective needs the raw values, but these blocks "
+                "subtracted a normalisation; build them with "
+                "Normalization(np.zeros(num_items), 0.0)"
             )
         self.blocks = blocks
         self.layout = layout

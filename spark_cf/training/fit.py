@@ -126,7 +126,8 @@ def fit(
     ------
     ValueError
         ``objective`` is unknown, ``alpha`` is negative, ``biases`` is asked of the
-        ranking objective, or ``blocks`` of a ranking fit subtracted a normalisation.
+        ranking objective, or ``blocks`` of a ranking fit subtracted a normalisation
+        (checked by :class:`~spark_cf.training.blocks.SparkObjective`).
     ModelError
         ``initial_model`` has another rank.
     DivergenceError, CheckpointError
@@ -138,11 +139,6 @@ def fit(
     normalization = (
         Normalization(np.zeros(data.index.num_items), 0.0) if cost.ranking else data.normalization
     )
-    if blocks is not None and cost.ranking and blocks.offsets.any():
-        raise ValueError(
-            "blocks: a ranking fit needs blocks of the raw values, but these subtracted a "
-            "normalisation; build them with Normalization(np.zeros(num_items), 0.0)"
-        )
     spark = data.ratings.sparkSession
     cores = spark.sparkContext.defaultParallelism
     user_blocks, item_blocks = choose_blocks(
