@@ -5,6 +5,9 @@ The Spark path computes its gradients block by block with sorted segment sums
 ``numpy.bincount``, so each checks the other. No Spark import here.
 
 The objective, gradients and update rules are documented in :mod:`spark_cf.training.loop`.
+The ranking objective (:mod:`spark_cf.training.objective`) is written here in its dense
+form over all (item, user) pairs (:func:`ranking_cost_and_gradients`), not with the
+kernel's split into rated pairs and Gramians: small data only.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 from spark_cf.model.normalization import Normalization
 from spark_cf.model.scoring import item_offsets, score_pairs
 from spark_cf.training.loop import Checkpointing, TrainResult, fingerprint_of, minimize
+from spark_cf.training.objective import RATINGS, CostSpec
 from spark_cf.training.optimizers import Evaluation, OptimizerSettings, make_optimizer
 from spark_cf.training.params import Layout, initial_parameters, row_preconditioner
 
@@ -87,6 +91,47 @@ def biased_cost_and_gradients(
     return J, dX, dTheta, dbi, dbu
 
 
+def ranking_cost_and_gradients(
+    X: np.ndarray,
+    Theta: np.ndarray,
+    item_idx: np.ndarray,
+    user_idx: np.ndarray,
+    r: np.ndarray,
+    reg: float,
+    alpha: float,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """The ranking (implicit-feedback) cost and its gradients, dense over all pairs.
+
+    ``P`` (preferences) and ``C`` (confidences) are ``num_items x num_users``: ``P = 1``,
+    ``C = 1 + alpha r`` on the given (training) pairs, ``P = 0``, ``C = 1`` elsewhere;
+    with ``S = X Theta^T`` and ``E = C o (P - S)``::
+
+        J = 1/2 sum C o (P - S)^2 + reg/2 (sum X^2 + sum Theta^2)
+        dX = -E Theta + reg X,   dTheta = -E^T X + reg Theta
+
+    Parameters
+    ----------
+    X, Theta : item features, user parameters.
+    item_idx, user_idx : the rated training pairs (each pair once).
+    r : their raw values (ratings or counts).
+    reg, alpha : the regularisation weight and the confidence weight.
+
+    Returns
+    -------
+    (J, dX, dTheta)
+    """
+    item_idx = np.asarray(item_idx, dtype=np.int64)
+    user_idx = np.asarray(user_idx, dtype=np.int64)
+    P = np.zeros((X.shape[0], Theta.shape[0]))
+    C = np.ones_like(P)
+    P[item_idx, user_idx] = 1.0
+    C[item_idx, user_idx] = 1.0 + alpha * np.asarray(r, dtype=np.float64)
+    D = P - X @ Theta.T
+    E = C * D
+    J = 0.5 * float(np.sum(E * D)) + 0.5 * reg * (float(np.sum(X * X)) + float(np.sum(Theta**2)))
+    return J, -E @ Theta + reg * X, -E.T @ X + reg * Theta
+
+
 def predict(
     layout: Layout,
     w: np.ndarray,
@@ -138,6 +183,9 @@ class ReferenceObjective:
 
     ``y`` are the *normalised* training ratings; the optional validation arrays are scored
     for the history (their ratings normalised the same way) but never enter the gradient.
+    With ``objective="ranking"`` (:func:`ranking_cost_and_gradients`) ``y`` are the raw
+    values, and the history's squared errors are ``(1 - s)^2`` over the training and the
+    held-out pairs.
     """
 
     def __init__(
@@ -148,7 +196,12 @@ class ReferenceObjective:
         y: np.ndarray,
         reg: float,
         validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        *,
+        objective: str = RATINGS,
+        alpha: float = 1.0,
     ) -> None:
+        self.cost = CostSpec(objective, alpha)
+        self.cost.check_biases(layout.biases)
         self.layout = layout
         self.item_idx = np.asarray(item_idx, dtype=np.int64)
         self.user_idx = np.asarray(user_idx, dtype=np.int64)
@@ -159,7 +212,12 @@ class ReferenceObjective:
     def __call__(self, w: np.ndarray) -> Evaluation:
         L = self.layout
         X, Theta = L.X(w), L.Theta(w)
-        if L.biases:
+        if self.cost.ranking:
+            J, dX, dT = ranking_cost_and_gradients(
+                X, Theta, self.item_idx, self.user_idx, self.y, self.reg, self.cost.alpha
+            )
+            grad = L.pack(dX, dT)
+        elif L.biases:
             J, dX, dT, dbi, dbu = biased_cost_and_gradients(
                 X,
                 Theta,
@@ -174,13 +232,18 @@ class ReferenceObjective:
         else:
             J, dX, dT = cost_and_gradients(X, Theta, self.item_idx, self.user_idx, self.y, self.reg)
             grad = L.pack(dX, dT)
-        err = predict(L, w, self.item_idx, self.user_idx) - self.y
+        err = predict(L, w, self.item_idx, self.user_idx) - self._target(self.y)
         val_sse, val_count = 0.0, 0
         if self.validation is not None and len(self.validation[2]):
             vi, vu, vy = self.validation
-            verr = predict(L, w, vi, vu) - vy
+            verr = predict(L, w, vi, vu) - self._target(vy)
             val_sse, val_count = float(verr @ verr), len(vy)
         return Evaluation(J, grad, float(err @ err), len(self.y), val_sse, val_count)
+
+    def _target(self, y: np.ndarray) -> np.ndarray:
+        """What the history's errors are measured against: the ratings, or for the ranking
+        objective the preference 1 of every rated pair."""
+        return np.ones(len(y)) if self.cost.ranking else y
 
 
 def train_reference(
@@ -203,6 +266,8 @@ def train_reference(
     divergence_patience: int = 3,
     validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     checkpoint: Checkpointing | None = None,
+    objective: str = RATINGS,
+    alpha: float = 1.0,
 ) -> tuple[TrainResult, Layout, Normalization]:
     """Fit the model on raw ratings given as index arrays, single node.
 
@@ -210,17 +275,27 @@ def train_reference(
     :func:`~spark_cf.training.params.initial_parameters`, and runs
     :func:`~spark_cf.training.loop.minimize`.
     ``validation`` holds raw ``(item_idx, user_idx, y)`` to score in the history.
+    ``objective="ranking"`` (with ``alpha``) trains the ranking objective on the raw
+    values instead: no normalisation, no biases (ValueError when asked).
     """
+    cost = CostSpec(objective, alpha)
+    cost.check_biases(biases)
     layout = Layout(num_items, num_users, rank, biases)
     norm = fit_normalization(
-        item_idx, y, num_items, mean_normalization=mean_normalization, biases=biases
+        item_idx,
+        y,
+        num_items,
+        mean_normalization=mean_normalization and not cost.ranking,
+        biases=biases,
     )
     y_norm = np.asarray(y, dtype=np.float64) - norm.offsets(item_idx)
     val = None
     if validation is not None:
         vi, vu, vy = validation
         val = (vi, vu, np.asarray(vy, dtype=np.float64) - norm.offsets(vi))
-    objective = ReferenceObjective(layout, item_idx, user_idx, y_norm, reg, val)
+    f = ReferenceObjective(
+        layout, item_idx, user_idx, y_norm, reg, val, objective=cost.objective, alpha=cost.alpha
+    )
     w0 = initial_parameters(layout, init_scale=init_scale, seed=seed)
     counts = (
         np.bincount(item_idx, minlength=num_items),
@@ -241,11 +316,13 @@ def train_reference(
             "optimizer": optimizer,
             "seed": seed,
             "biases": biases,
+            "objective": cost.objective,
+            "alpha": cost.alpha,
             "path": "reference",
         }
     )
     result = minimize(
-        objective,
+        f,
         w0,
         opt,
         max_iter=max_iter,

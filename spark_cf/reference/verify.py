@@ -39,6 +39,7 @@ from spark_cf.schema import IS_VAL, ITEM_IDX, RATING, USER_IDX
 from spark_cf.training.blocks import BlockedRatings
 from spark_cf.training.fit import fit, optimizer_settings
 from spark_cf.training.loop import TrainResult
+from spark_cf.training.objective import RATINGS
 from spark_cf.training.optimizers import Evaluation
 from spark_cf.training.params import Layout
 
@@ -157,8 +158,11 @@ class Lockstep:
         return ours
 
 
-def reference_for(data: TrainingData, cfg: Config) -> tuple[TrainResult, Layout]:
-    """Train the NumPy reference on the same ratings, on its own (its own normalisation)."""
+def reference_for(
+    data: TrainingData, cfg: Config, *, objective: str = RATINGS, alpha: float = 1.0
+) -> tuple[TrainResult, Layout]:
+    """Train the NumPy reference on the same ratings, on its own (its own normalisation;
+    none for the ranking objective)."""
     a = data.arrays()
     train = ~a[IS_VAL]
     items, users, y = a[ITEM_IDX], a[USER_IDX], a[RATING]
@@ -181,16 +185,21 @@ def reference_for(data: TrainingData, cfg: Config) -> tuple[TrainResult, Layout]
         mean_normalization=m.mean_normalization,
         divergence_patience=t.divergence_patience,
         validation=(items[~train], users[~train], y[~train]),
+        objective=objective,
+        alpha=alpha,
     )
     return result, layout
 
 
-def lockstep_reference(data: TrainingData, cfg: Config) -> ReferenceObjective:
-    """The reference objective on the Spark path's normalised ratings (for :class:`Lockstep`)."""
+def lockstep_reference(
+    data: TrainingData, cfg: Config, *, objective: str = RATINGS, alpha: float = 1.0
+) -> ReferenceObjective:
+    """The reference objective on the Spark path's normalised ratings (for :class:`Lockstep`);
+    on the raw ones for the ranking objective, as :func:`~spark_cf.training.fit.fit` uses."""
     a = data.arrays()
     train = ~a[IS_VAL]
     items, users, y = a[ITEM_IDX], a[USER_IDX], a[RATING]
-    offsets = data.normalization.offsets(items)
+    offsets = data.normalization.offsets(items) if objective == RATINGS else 0.0
     layout = Layout(data.index.num_items, data.index.num_users, cfg.model.rank, cfg.model.biases)
     y_norm = y - offsets
     return ReferenceObjective(
@@ -200,6 +209,8 @@ def lockstep_reference(data: TrainingData, cfg: Config) -> ReferenceObjective:
         y_norm[train],
         cfg.model.reg,
         (items[~train], users[~train], y_norm[~train]),
+        objective=objective,
+        alpha=alpha,
     )
 
 
@@ -282,10 +293,13 @@ def verify(
     *,
     blocks: BlockedRatings | None = None,
     shared=None,
+    objective: str = RATINGS,
+    alpha: float = 1.0,
 ) -> ParityReport:
     """Train on Spark (checked in lockstep) and with the reference alone, and compare.
 
-    ``blocks`` reuses cached blocks; ``shared`` is a proxy of
+    ``objective`` and ``alpha`` choose the cost (:func:`~spark_cf.training.fit.fit`'s, not
+    in ``cfg``) for both. ``blocks`` reuses cached blocks; ``shared`` is a proxy of
     :class:`~spark_cf.training.blocks.SharedEvaluations` to evaluate through (the parity
     matrix runs several trainings per Spark job that way).
 
@@ -298,19 +312,20 @@ def verify(
         trajectory_tolerance = tolerance
         if not factors_judged:
             trajectory_tolerance = max(tolerance, LBFGS_COST_TOLERANCE)
-    reference_objective = lockstep_reference(data, cfg)
+    chosen = {"objective": objective, "alpha": alpha}
+    reference_objective = lockstep_reference(data, cfg, **chosen)
     wrapped: list[Lockstep] = []
 
     def wrap(objective):
         wrapped.append(Lockstep(shared or objective, reference_objective))
         return wrapped[0]
 
-    model, result = fit(data, **fit_arguments(cfg), wrap_objective=wrap, blocks=blocks)
+    model, result = fit(data, **fit_arguments(cfg), **chosen, wrap_objective=wrap, blocks=blocks)
     a = data.arrays()
     report = compare(
         model,
         result,
-        reference_for(data, cfg),
+        reference_for(data, cfg, **chosen),
         wrapped[0],
         tolerance,
         trajectory_tolerance,

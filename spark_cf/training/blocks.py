@@ -14,8 +14,9 @@ the objective at ``w``:
    not change the result;
 3. collects the partial sums and adds them on the driver *in block order*, so the result
    does not depend on which task finished first or how many cores there are;
-4. adds the regularisation, destroys the broadcast and returns an
-   :class:`~spark_cf.training.optimizers.Evaluation`.
+4. adds the regularisation (and, for the ranking objective, the term over all pairs from
+   the two k x k Gramians: :func:`spark_cf.training.objective.all_pairs_term`), destroys
+   the broadcast and returns an :class:`~spark_cf.training.optimizers.Evaluation`.
 
 No lineage grows across iterations: each job reads the same cached RDD.
 """
@@ -35,6 +36,7 @@ from pyspark.sql import functions as F
 from spark_cf.model.normalization import Normalization
 from spark_cf.schema import IS_VAL, ITEM_IDX, RATING, USER_IDX
 from spark_cf.training import kernel
+from spark_cf.training.objective import RATINGS_COST, CostSpec, all_pairs_term
 from spark_cf.training.optimizers import Evaluation
 from spark_cf.training.params import Layout
 
@@ -171,7 +173,11 @@ def _block_summary(p: kernel.BlockPayload) -> tuple:
 
 
 class BlockedRatings:
-    """The training ratings cached in Spark as NumPy blocks, and the objective over them."""
+    """The training ratings cached in Spark as NumPy blocks, and the objective over them.
+
+    The blocks hold each rating minus ``normalization``'s offset for its item; the offsets
+    subtracted are kept as ``offsets`` (the ranking objective needs raw values: zeros).
+    """
 
     def __init__(
         self,
@@ -192,6 +198,8 @@ class BlockedRatings:
         spark = data.sparkSession
         self.sc = spark.sparkContext
         offsets = normalization.table()  # the normalisation's rule, subtracted once
+        #: what was subtracted from each item's ratings (num_items)
+        self.offsets = np.array(offsets, dtype=np.float64, copy=True)
         sizes = dict(
             num_users=num_users,
             num_items=num_items,
@@ -243,9 +251,10 @@ class BlockedRatings:
             partitions,
         )
 
-    def objective(self, layout: Layout, reg: float):
-        """``f(w) -> Evaluation``: one Spark job over the cached blocks."""
-        return SparkObjective(self, layout, reg)
+    def objective(self, layout: Layout, reg: float, cost: CostSpec = RATINGS_COST):
+        """``f(w) -> Evaluation``: one Spark job over the cached blocks. ``cost`` chooses
+        the objective (and the ranking one's ``alpha``): one set of blocks serves several."""
+        return SparkObjective(self, layout, reg, cost)
 
     def unpersist(self) -> None:
         """Drop the cached blocks, and (best effort: the workers this job reaches) the
@@ -270,12 +279,26 @@ PAYLOAD_ROUNDS = 50
 class SparkObjective:
     """The objective over :class:`BlockedRatings`; see the module docstring."""
 
-    def __init__(self, blocks: BlockedRatings, layout: Layout, reg: float) -> None:
+    def __init__(
+        self,
+        blocks: BlockedRatings,
+        layout: Layout,
+        reg: float,
+        cost: CostSpec = RATINGS_COST,
+    ) -> None:
         if (layout.num_users, layout.num_items) != (blocks.num_users, blocks.num_items):
             raise ValueError("layout sizes differ from the blocked ratings")
+        cost.check_biases(layout.biases)
+        if cost.ranking and blocks.offsets.any():
+            raise ValueError(
+                "blocks: the ranking objective needs the raw values, but these blocks "
+                "subtracted a normalisation; build them with "
+                "Normalization(np.zeros(num_items), 0.0)"
+            )
         self.blocks = blocks
         self.layout = layout
         self.reg = float(reg)
+        self.cost = cost
         #: evaluations that had to send some blocks from Spark's cache to a Python worker
         self.payload_jobs = 0
         self._miss_streak = 0
@@ -287,13 +310,14 @@ class SparkObjective:
     def evaluate_many(self, points: Sequence[np.ndarray]) -> list[Evaluation]:
         """Evaluate several parameter vectors in one Spark job (one pass over the blocks)."""
         layout = self.layout
+        cost = self.cost
         blocks = self.blocks
         key = blocks.key
         bc = blocks.sc.broadcast(list(points))
 
         def from_payloads(payloads):
             return [
-                (p.block_id, [kernel.block_gradients_flat(p, w, layout) for w in bc.value])
+                (p.block_id, [kernel.block_gradients_flat(p, w, layout, cost) for w in bc.value])
                 for p in payloads
             ]
 
@@ -309,7 +333,8 @@ class SparkObjective:
                 # evaluates the blocks it has prepared before (kernel.cached_gradients).
                 def from_cache(ids):
                     return [
-                        (bid, kernel.cached_gradients(key, bid, bc.value, layout)) for bid in ids
+                        (bid, kernel.cached_gradients(key, bid, bc.value, layout, cost))
+                        for bid in ids
                     ]
 
                 found = blocks.ids_rdd.flatMap(from_cache).collect()
@@ -334,12 +359,13 @@ class SparkObjective:
         ]
 
     def _assemble(self, w: np.ndarray, results: list[kernel.BlockResult]) -> Evaluation:
-        """Add the blocks' partial sums in block order, then the regularisation."""
+        """Add the blocks' partial sums in block order, then (ranking objective) the term
+        over all pairs, then the regularisation."""
         layout = self.layout
         grad = np.zeros(layout.size)
         dX, dTheta = layout.X(grad), layout.Theta(grad)
         dbi, dbu = layout.item_bias(grad), layout.user_bias(grad)
-        sse = val_sse = 0.0
+        loss = sse = val_sse = 0.0
         count = val_count = 0
         for r in results:
             (us, ue), (is_, ie) = self._ranges(r.block_id)
@@ -348,11 +374,18 @@ class SparkObjective:
             if layout.biases:
                 dbi[is_:ie] += r.d_item_bias
                 dbu[us:ue] += r.d_user_bias
+            loss += r.loss
             sse += r.sse
             count += r.count
             val_sse += r.val_sse
             val_count += r.val_count
-        cost = 0.5 * sse + 0.5 * self.reg * float(w @ w)
+        cost = 0.5 * loss
+        if self.cost.ranking:
+            pairs_cost, pairs_dX, pairs_dTheta = all_pairs_term(layout.X(w), layout.Theta(w))
+            cost += pairs_cost
+            dX += pairs_dX
+            dTheta += pairs_dTheta
+        cost += 0.5 * self.reg * float(w @ w)
         grad += self.reg * w
         return Evaluation(cost, grad, sse, count, val_sse, val_count)
 

@@ -20,8 +20,10 @@ from spark_cf.config import ModelConfig, TrainConfig
 from spark_cf.data.indexing import IdIndex
 from spark_cf.data.prepare import TrainingData
 from spark_cf.model.cf_model import CFModel
+from spark_cf.model.normalization import Normalization
 from spark_cf.training.blocks import BlockedRatings, choose_blocks
 from spark_cf.training.loop import Checkpointing, TrainResult, fingerprint_of, minimize
+from spark_cf.training.objective import RATINGS, CostSpec
 from spark_cf.training.optimizers import OptimizerSettings, make_optimizer
 from spark_cf.training.params import Layout, initial_parameters, row_preconditioner
 
@@ -67,6 +69,8 @@ def fit(
     stop_when: Callable[[dict[str, float]], bool] | None = None,
     wrap_objective: Callable | None = None,
     blocks: BlockedRatings | None = None,
+    objective: str = RATINGS,
+    alpha: float = 1.0,
 ) -> tuple[CFModel, TrainResult]:
     """Fit on Spark: block and cache the ratings, then run the optimiser.
 
@@ -101,20 +105,40 @@ def fit(
         ``wrap_objective(f) -> f'`` wraps the Spark objective (the parity check does).
     blocks
         Ratings already blocked and cached (left cached); None = block them here and
-        release them at the end.
+        release them at the end. For ``objective="ranking"`` they must hold the raw values
+        (built with a zero normalisation); ``alpha`` is not in them, so several alphas can
+        share one set.
+    objective, alpha
+        ``"ratings"`` (the course's cost on the rated pairs) or ``"ranking"`` (the
+        implicit-feedback cost over all pairs with confidence ``1 + alpha r`` on the rated
+        ones: :mod:`spark_cf.training.objective`). A ranking fit ignores
+        ``data.normalization`` (it trains on the raw values) and returns a model with zero
+        means and no biases, whose score is ``theta_u . x_i``; its history's RMSEs are
+        distances of the pairs' scores from preference 1.
 
     Returns
     -------
     (CFModel, TrainResult)
-        The model on the driver and the run with its history.
+        The model on the driver and the run with its history; ``TrainResult.extra`` holds
+        ``blocks``, ``objective`` and ``alpha``.
 
     Raises
     ------
+    ValueError
+        ``objective`` is unknown, ``alpha`` is negative, ``biases`` is asked of the
+        ranking objective, or ``blocks`` of a ranking fit subtracted a normalisation
+        (checked by :class:`~spark_cf.training.blocks.SparkObjective`).
     ModelError
         ``initial_model`` has another rank.
     DivergenceError, CheckpointError
         From the loop.
     """
+    cost = CostSpec(objective, alpha)
+    cost.check_biases(biases)
+    # the ranking objective weighs raw values: nothing is subtracted
+    normalization = (
+        Normalization(np.zeros(data.index.num_items), 0.0) if cost.ranking else data.normalization
+    )
     spark = data.ratings.sparkSession
     cores = spark.sparkContext.defaultParallelism
     user_blocks, item_blocks = choose_blocks(
@@ -127,7 +151,7 @@ def fit(
             data.ratings,
             num_users=index.num_users,
             num_items=index.num_items,
-            normalization=data.normalization,
+            normalization=normalization,
             user_blocks=user_blocks,
             item_blocks=item_blocks,
         )
@@ -165,13 +189,17 @@ def fit(
             "rank": rank,
             "reg_param": reg_param,
             "biases": biases,
+            "objective": cost.objective,
+            "alpha": cost.alpha,
             "optimizer": optimizer,
             "divergence_patience": divergence_patience,
             **dataclasses.asdict(settings),
         }
         log.info(
-            "training: rank %d, reg %g, %s (learning rate %g), biases %s, max %d iterations, "
-            "%dx%d blocks",
+            "training: %s objective%s, rank %d, reg %g, %s (learning rate %g), biases %s, "
+            "max %d iterations, %dx%d blocks",
+            cost.objective,
+            f" (alpha {cost.alpha:g})" if cost.ranking else "",
             rank,
             reg_param,
             optimizer,
@@ -181,18 +209,18 @@ def fit(
             user_blocks,
             item_blocks,
         )
-        objective = blocks.objective(layout, reg_param)
+        f = blocks.objective(layout, reg_param, cost)
         if wrap_objective is not None:
-            objective = wrap_objective(objective)
+            f = wrap_objective(f)
         result = minimize(
-            objective,
+            f,
             w0,
             opt,
             max_iter=max_iter,
             tol=tol,
             divergence_patience=divergence_patience,
             checkpointer=checkpointer,
-            fingerprint=training_fingerprint(settings_used, summary, data, w0),
+            fingerprint=training_fingerprint(settings_used, summary, normalization, w0),
             callback=callback,
             stop_when=stop_when,
         )
@@ -200,13 +228,15 @@ def fit(
         if owned:
             blocks.unpersist()
     result.extra["blocks"] = [user_blocks, item_blocks]
+    result.extra["objective"] = cost.objective
+    result.extra["alpha"] = cost.alpha
     w = result.w
     model = CFModel(
         index=index,
         item_factors=layout.X(w).copy(),
         user_factors=layout.Theta(w).copy(),
-        item_means=data.normalization.item_means.copy(),
-        global_mean=data.normalization.global_mean,
+        item_means=normalization.item_means.copy(),
+        global_mean=normalization.global_mean,
         item_bias=layout.item_bias(w).copy() if biases else None,
         user_bias=layout.user_bias(w).copy() if biases else None,
         item_counts=blocks.item_counts.copy(),
@@ -215,12 +245,16 @@ def fit(
 
 
 def training_fingerprint(
-    settings: dict[str, Any], data_summary: dict[str, Any], data: TrainingData, w0: np.ndarray
+    settings: dict[str, Any],
+    data_summary: dict[str, Any],
+    normalization: Normalization,
+    w0: np.ndarray,
 ) -> str:
     """What a checkpoint must match: the settings the trajectory depends on (all but
-    ``max_iter`` and ``tol``), the data (its blocks and its normalisation) and the start
-    ``w0`` (which covers ``seed``, ``init_scale`` and a warm start's model)."""
-    norm = data.normalization
+    ``max_iter`` and ``tol``; the objective and ``alpha`` among them), the data (its blocks
+    and the normalisation the blocks subtracted) and the start ``w0`` (which covers
+    ``seed``, ``init_scale`` and a warm start's model)."""
+    norm = normalization
     return fingerprint_of(
         {
             "settings": settings,

@@ -5,6 +5,9 @@ worker turns it once into a :class:`Block` and keeps that between jobs. Within a
 training ratings are sorted by (item, user); one fused loop (compiled by Numba) visits
 each rating once, computes its residual ``e = theta_u . x_i (+ b_i + b_u) - y`` and adds
 ``e * theta_u`` to ``dX[i]`` and ``e * x_i`` to ``dTheta[u]``, with no n x k temporaries.
+For the ranking objective (:mod:`spark_cf.training.objective`) a second loop of the same
+form visits the rated pairs with their weight ``g = alpha r s - c`` instead; the term over
+all pairs is not the blocks' (:func:`spark_cf.training.objective.all_pairs_term`).
 
 This is deliberately a different summation from the reference's ``bincount``; the order
 is fixed (the block's rating order), so the result does not depend on the run. Measured
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from spark_cf.training.objective import RATINGS_COST, CostSpec
+
 
 @dataclass
 class BlockPayload:
@@ -33,7 +38,7 @@ class BlockPayload:
     user_start, item_start : the first global index of the block's user and item ranges.
     num_users, num_items : the sizes of those ranges.
     users, items : local indices (int32), ratings sorted by (item, user).
-    y : normalised ratings (float64).
+    y : normalised ratings (float64); raw ones (zero offsets) for the ranking objective.
     is_val : True for held-out ratings (scored, never in the gradient).
     """
 
@@ -64,6 +69,7 @@ class Block:
         self.v_users = p.users[p.is_val]
         self.v_items = p.items[p.is_val]
         self.v_y = p.y[p.is_val]
+        self.v_ones = np.ones(len(self.v_y))  # the ranking objective's held-out preference
 
 
 #: Prepared blocks kept by a Python worker between Spark jobs: data key -> block id ->
@@ -94,7 +100,9 @@ def forget(key: str) -> None:
     _PREPARED.pop(key, None)
 
 
-def cached_gradients(key: str, block_id: int, points, layout) -> list | None:
+def cached_gradients(
+    key: str, block_id: int, points, layout, cost: CostSpec = RATINGS_COST
+) -> list | None:
     """:func:`block_gradients_flat` at each of ``points`` for a block this process has
     prepared before, or None when it has not (the caller then sends the payload)."""
     blocks = _PREPARED.get(key)
@@ -102,25 +110,38 @@ def cached_gradients(key: str, block_id: int, points, layout) -> list | None:
     if block is None:
         return None
     _PREPARED.move_to_end(key)
-    return [_gradients(block, w, layout) for w in points]
+    return [_gradients(block, w, layout, cost) for w in points]
 
 
-def _gradients(block: Block, w: np.ndarray, layout) -> BlockResult:
+def _gradients(block: Block, w: np.ndarray, layout, cost: CostSpec) -> BlockResult:
     if layout.biases:
         return block_gradients(
-            block, layout.X(w), layout.Theta(w), layout.item_bias(w), layout.user_bias(w)
+            block,
+            layout.X(w),
+            layout.Theta(w),
+            layout.item_bias(w),
+            layout.user_bias(w),
+            cost=cost,
         )
-    return block_gradients(block, layout.X(w), layout.Theta(w))
+    return block_gradients(block, layout.X(w), layout.Theta(w), cost=cost)
 
 
-def block_gradients_flat(payload: BlockPayload, w: np.ndarray, layout) -> BlockResult:
+def block_gradients_flat(
+    payload: BlockPayload, w: np.ndarray, layout, cost: CostSpec = RATINGS_COST
+) -> BlockResult:
     """:func:`block_gradients` for a payload and a flat parameter vector (the Spark task)."""
-    return _gradients(prepared_block(payload), w, layout)
+    return _gradients(prepared_block(payload), w, layout, cost)
 
 
 @dataclass
 class BlockResult:
-    """What one block adds to the totals (regularisation is added on the driver)."""
+    """What one block adds to the totals (regularisation, and the ranking objective's term
+    over all pairs, are added on the driver).
+
+    ``loss`` is twice the block's part of the data cost: ``sum e^2`` (the same as ``sse``)
+    for the ratings objective, ``sum_rated [c (1 - s)^2 - s^2]`` for the ranking one, whose
+    ``sse`` and ``val_sse`` are ``sum (1 - s)^2`` over the training and held-out pairs.
+    """
 
     block_id: int
     sse: float
@@ -131,6 +152,7 @@ class BlockResult:
     d_user_factors: np.ndarray  # (block's num_users, rank)
     d_item_bias: np.ndarray | None
     d_user_bias: np.ndarray | None
+    loss: float
 
 
 def block_gradients(
@@ -139,11 +161,16 @@ def block_gradients(
     Theta: np.ndarray,
     item_bias: np.ndarray | None = None,
     user_bias: np.ndarray | None = None,
+    *,
+    cost: CostSpec = RATINGS_COST,
 ) -> BlockResult:
     """Partial data cost and gradients of ``block`` at the given parameters.
 
     ``X``, ``Theta`` (and the biases) are the *full* parameter arrays; the block reads the
-    rows in its ranges. The data term is ``1/2 sum e^2`` with ``e = prediction - y``.
+    rows in its ranges. For the ratings objective the data term is ``1/2 sum e^2`` with
+    ``e = prediction - y``; for the ranking one (``cost.ranking``: no biases, ``y`` the raw
+    values) it is ``1/2 sum_rated [c (1 - s)^2 - s^2]`` (:func:`_ranking_gradients`), and
+    the held-out pairs are scored against preference 1.
     """
     Xb = X[block.item_start : block.item_start + block.num_items]
     Tb = Theta[block.user_start : block.user_start + block.num_users]
@@ -158,10 +185,17 @@ def block_gradients(
     d_users = np.zeros((block.num_users, rank))
     d_ib = np.zeros(block.num_items if biased else 0)
     d_ub = np.zeros(block.num_users if biased else 0)
-    sse = _fused_gradients(
-        block.t_items, block.t_users, block.t_y, Xb, Tb, bib, bub, d_items, d_users, d_ib, d_ub
-    )
-    val_sse = _squared_errors(block.v_items, block.v_users, block.v_y, Xb, Tb, bib, bub)
+    if cost.ranking:
+        cost.check_biases(biased)
+        loss, sse = _ranking_gradients(
+            block.t_items, block.t_users, block.t_y, Xb, Tb, cost.alpha, d_items, d_users
+        )
+        val_sse = _squared_errors(block.v_items, block.v_users, block.v_ones, Xb, Tb, bib, bub)
+    else:
+        loss = sse = _fused_gradients(
+            block.t_items, block.t_users, block.t_y, Xb, Tb, bib, bub, d_items, d_users, d_ib, d_ub
+        )
+        val_sse = _squared_errors(block.v_items, block.v_users, block.v_y, Xb, Tb, bib, bub)
     if not biased:
         d_ib = d_ub = None
     return BlockResult(
@@ -174,6 +208,7 @@ def block_gradients(
         d_users,
         d_ib,
         d_ub,
+        loss,
     )
 
 
@@ -214,6 +249,31 @@ def _fused_gradients(items, users, y, X, T, bi, bu, dX, dT, dbi, dbu):  # pragma
             dbi[i] += e
             dbu[u] += e
     return sse
+
+
+@numba.njit(cache=_CACHE, nogil=True)
+def _ranking_gradients(items, users, r, X, T, alpha, dX, dT):  # pragma: no cover
+    """The ranking objective's rated-pair part, in rating order: for each training pair,
+    ``s = theta_u . x_i``, ``c = 1 + alpha r`` and ``g = (c - 1) s - c = alpha r s - c``
+    (the derivative of ``1/2 [c (1 - s)^2 - s^2]`` in ``s``); adds ``g theta_u`` to dX and
+    ``g x_i`` to dT. Returns ``(sum [c (1 - s)^2 - s^2], sum (1 - s)^2)``."""
+    loss = 0.0
+    sse = 0.0
+    for n in range(r.shape[0]):
+        i = items[n]
+        u = users[n]
+        s = 0.0
+        for f in range(X.shape[1]):
+            s += X[i, f] * T[u, f]
+        c = 1.0 + alpha * r[n]
+        g = alpha * r[n] * s - c
+        e = 1.0 - s
+        loss += c * e * e - s * s
+        sse += e * e
+        for f in range(X.shape[1]):
+            dX[i, f] += g * T[u, f]
+            dT[u, f] += g * X[i, f]
+    return loss, sse
 
 
 @numba.njit(cache=_CACHE, nogil=True)

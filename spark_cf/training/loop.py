@@ -13,6 +13,9 @@ Gradients::
 With ``model.biases`` the prediction is ``theta_j . x_i + b_i + b_u`` on ratings centred on
 their global mean, and ``reg/2 (sum b_i^2 + sum b_u^2)`` joins the cost.
 
+The other objective, ``ranking`` (implicit feedback over all pairs, confidence-weighted),
+is in :mod:`spark_cf.training.objective`; the loop sees either only through evaluations.
+
 Update: every iteration computes both gradients from the same old X and Theta, then moves
 all parameters at once (simultaneous update) by the configured optimiser
 (:mod:`spark_cf.training.optimizers`). The loop stops after ``max_iter`` iterations, or when the
