@@ -22,6 +22,7 @@ from spark_cf.config import (
     fit_arguments,
 )
 from spark_cf.errors import ConfigError
+from spark_cf.training.objective import OBJECTIVES
 
 #: The training Params and the config key each stands for (its rules, its default).
 CONFIG_KEYS: dict[str, str] = {
@@ -39,9 +40,7 @@ CONFIG_KEYS: dict[str, str] = {
     "numItemBlocks": "train.num_item_blocks",
     "alpha": "ranking.alpha",
 }
-#: What the model learns: the course's cost over the ratings, or every (user, item) pair
-#: (``[ranking]``, ALS's ``implicitPrefs``).
-OBJECTIVES = ("ratings", "ranking")
+
 #: The column Params and their config key (for the schema check's messages).
 COLUMN_KEYS: dict[str, str] = {
     "userCol": "input.user_col",
