@@ -69,6 +69,7 @@ def test_nightly_on_a_standalone_cluster_matches_local_bit_for_bit(tmp_path, spa
         f'[input]\npath = "{ratings}"\n'
         "[model]\nrank = 4\nbiases = true\nreg = 3.0\n"
         "[train]\nmax_iter = 5\nnum_user_blocks = 2\nnum_item_blocks = 1\n"
+        "[ranking]\nrank = 4\nmax_iter = 5\n"
         f'[output]\nroot = "{tmp_path / "local"}"\nrun_date = "{RUN_DATE}"\n'
     )
     work = tmp_path / "elsewhere"

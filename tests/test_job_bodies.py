@@ -36,6 +36,7 @@ def setup(spark, tmp_path_factory):
         input={"path": str(ratings)},
         model={"rank": 3, "reg": 1.0, "biases": True},
         train={"max_iter": 8, "num_user_blocks": 2, "num_item_blocks": 1},
+        ranking={"rank": 3, "max_iter": 5},
         evaluate={"holdout_fraction": 0.25, "k": 5},
         recommend={"top_n": 4, "block_size": 32},
         output={"root": str(tmp / "out"), "run_date": "2026-03-04"},
@@ -131,7 +132,7 @@ def test_evaluate_ranks_by_the_exclude_from_counts_for_a_model_saved_without_cou
 def test_recommend_reproduces_the_nightly_top_n(spark, setup):
     tmp, cfg, run, _ = setup
     out = tmp / "recommended"
-    rows, unknown = run_recommend(spark, cfg, str(run / "model"), str(out))
+    rows, unknown = run_recommend(spark, cfg, str(run / "ranking_model"), str(out))
     theirs = pq.read_table(run / "top_n").sort_by([(USER, "ascending"), (RANK, "ascending")])
     mine = pq.read_table(out).sort_by([(USER, "ascending"), (RANK, "ascending")])
     assert rows == theirs.num_rows and unknown == []

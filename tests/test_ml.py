@@ -273,6 +273,7 @@ def test_recommend_for_user_subset_equals_the_nightly_jobs_top_n(
             f"train.num_user_blocks={PARAMS['numUserBlocks']}",
             f"train.num_item_blocks={PARAMS['numItemBlocks']}",
             "evaluate.holdout_fraction=0.0",
+            "ranking.enabled=false",  # top-N from the ratings model, as SparkCF's
             f"recommend.users={wanted}",
             "recommend.top_n=4",
             "output.run_date='2026-11-25'",

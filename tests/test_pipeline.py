@@ -32,10 +32,10 @@ def read(path: Path) -> pa.Table:
     return pq.read_table(str(path))
 
 
-def factors(run: Path):
-    """The saved model, read with pyarrow alone, as dicts raw id -> values."""
-    users = read(run / "model" / "user_factors")
-    items = read(run / "model" / "item_factors")
+def factors(run: Path, model: str = "model"):
+    """The saved model folder ``model``, read with pyarrow alone, as dicts raw id -> values."""
+    users = read(run / model / "user_factors")
+    items = read(run / model / "item_factors")
     theta = {
         u: np.array(f) for u, f in zip(users["user_id"].to_pylist(), users["features"].to_pylist())
     }
@@ -61,6 +61,7 @@ def config(ratings_path: str, root: Path, **sections) -> Config:
         "input": {"path": ratings_path, "timestamp_col": "timestamp", "duplicates": "latest"},
         "model": {"rank": 4, "reg": 1.0},
         "train": {"optimizer": "lbfgs", "max_iter": 15, "num_user_blocks": 2},
+        "ranking": {"rank": 4, "max_iter": 10},
         "evaluate": {"holdout_fraction": 0.2, "k": 5},
         "recommend": {"top_n": 5, "block_size": 64},
         "output": {"root": str(root), "run_date": "2026-01-02"},
@@ -149,9 +150,11 @@ def test_predictions_equal_factors_plus_means(published, ratings_path):
         assert p == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
-def test_top_n_equals_independent_scores(published, ratings_path):
+def test_top_n_equals_independent_scores_of_the_ranking_model(published, ratings_path):
     run, _ = published
-    theta, x, mean = factors(run)
+    assert json.loads((run / "metrics.json").read_text())["top_n_model"] == "ranking_model"
+    theta, x, mean = factors(run, "ranking_model")
+    assert not any(mean.values()), "the ranking model has no normalisation"
     raw = read(Path(ratings_path))
     rated: dict[int, set] = {}
     for u, i in zip(raw["user_id"].to_pylist(), raw["item_id"].to_pylist()):
@@ -300,7 +303,8 @@ def variant(spark, ratings_path, tmp_path_factory):
     """One nightly run of what the default run leaves out: the biased model, refit on all
     ratings, the block grid chosen automatically, top-N for a list of users that names one
     the model does not know, rated items not excluded, and given pairs with unknown users
-    and items scored with the global-mean fallback. Also returns the grid log lines."""
+    and items scored with the global-mean fallback, and the top-N lists scored by that
+    ratings model (``ranking.enabled = false``). Also returns the grid log lines."""
     raw = read(Path(ratings_path))
     users = sorted(set(raw["user_id"].to_pylist()))
     items = sorted(set(raw["item_id"].to_pylist()))
@@ -316,6 +320,7 @@ def variant(spark, ratings_path, tmp_path_factory):
         model={"biases": True},
         train={"num_user_blocks": 0, "num_item_blocks": 0},
         evaluate={"refit": True},
+        ranking={"enabled": False},
         recommend={"users": wanted, "exclude_rated": False},
         predict={"pairs": pairs, "unknown_item": "global_mean"},
     )
@@ -415,6 +420,7 @@ def test_biased_predictions_cold_start_and_global_mean_fallback(variant, ratings
 
 def test_top_n_for_listed_users_with_rated_items_kept(variant, ratings_path):
     run, outcome, _ = variant
+    assert outcome.metrics["top_n_model"] == "model" and not (run / "ranking_model").exists()
     theta, x, b_u, b_i, g = biased_factors(run)
     raw = read(Path(ratings_path))
     rated: dict[int, set] = {}

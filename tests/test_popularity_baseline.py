@@ -91,7 +91,7 @@ def test_popularity_metrics_of_heldout_metrics_follow_the_definitions(spark):
         clip=(0.5, 5.0),
     )
     tagged.unpersist()
-    assert list(got) == ["model", "item_mean", "popularity", "global_mean"]
+    assert list(got) == ["model", "popularity", "item_mean", "global_mean"]
     relevant: dict[int, set] = {}
     for u, i, rating in HELD:
         if rating >= THRESHOLD:

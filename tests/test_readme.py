@@ -49,6 +49,7 @@ def test_reading_example_reproduces_every_prediction_and_top_n_score(
         [
             f"input.path={str(ratings)!r}",
             "train.max_iter=10",
+            "ranking.max_iter=10",
             "output.run_date='2026-11-25'",
             # absolute: Hadoop resolves a relative root against the JVM's folder, which a
             # chdir in this process does not move
