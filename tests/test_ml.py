@@ -448,3 +448,36 @@ def test_the_readmes_use_it_like_als_example_runs(spark, capsys):
     assert len(top) == namespace["ratings"].select("user").distinct().count()
     assert all(len(r["recommendations"]) == 5 for r in top)
     assert isinstance(namespace["same"], SparkCFModel)
+
+
+def test_objective_ranking_minimises_the_dense_implicit_cost_and_scores_by_features_alone(
+    spark, ratings
+):
+    from spark_cf.reference.numpy_cf import ranking_cost_and_gradients
+
+    params = dict(PARAMS, maxIter=12, objective="ranking", alpha=0.5)
+    model = SparkCF(**params).fit(ratings)
+    cf = model.cfModel
+    assert not cf.biases and not cf.item_means.any() and cf.global_mean == 0.0
+    # the reported J is the dense implicit cost (every user x item pair, confidence
+    # 1 + alpha r on the rated ones) at the returned factors, computed independently
+    pairs = ratings.groupBy("user", "item").agg(F.mean("rating").alias("r")).toPandas()
+    users = cf.index.user_positions(pa.array(pairs["user"].to_numpy()))
+    items = cf.index.item_positions(pa.array(pairs["item"].to_numpy()))
+    J, _, _ = ranking_cost_and_gradients(
+        cf.item_factors, cf.user_factors, items, users, pairs["r"].to_numpy(), 5.0, 0.5
+    )
+    history = model.summary.objectiveHistory
+    assert history[-1] == pytest.approx(J, rel=1e-9) and history[-1] < history[0]
+    # transform scores a pair theta_u . x_i, a preference, not a rating
+    got = predictions_of(model.transform(ratings.select("user", "item")))
+    for (u, i), p in list(got.items())[:50]:
+        want = (
+            cf.user_factors[cf.index.user_positions(pa.array([u]))[0]]
+            @ (cf.item_factors[cf.index.item_positions(pa.array([i]))[0]])
+        )
+        assert p == pytest.approx(float(want), rel=1e-12, abs=1e-12)
+    with pytest.raises(ConfigError, match="objective"):
+        SparkCF(objective="implicit")
+    with pytest.raises(ConfigError, match="alpha"):
+        SparkCF(**dict(params, alpha=-1.0)).fit(ratings)

@@ -117,7 +117,15 @@ def test_run_layout_and_metrics(published, ratings_path):
     for name in ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k"):
         assert 0 <= popularity[name] <= 1, name
     assert "rmse" in outcome.table and "ndcg@5" in outcome.table
-    assert "popularity" in outcome.table
+    assert "popularity" in outcome.table and "ranking_model" in outcome.table
+    ranked = ev["ranking_model"]
+    assert ranked["rmse"] is None and ranked["users"] == popularity["users"] > 0
+    assert metrics["top_n_model"] == "ranking_model"
+    assert (
+        metrics["training_ranking"]["iterations"] >= 1 and "train_ranking" in metrics["timings_s"]
+    )
+    ranking_meta = json.loads((run / "ranking_model" / "metadata.json").read_text())
+    assert ranking_meta["objective"] == "ranking" and ranking_meta["rank"] == 4
     meta = json.loads((run / "model" / "metadata.json").read_text())
     assert meta["rank"] == 4 and meta["global_mean"] == 0.0
     assert meta["config"]["model"]["reg"] == 1.0 and meta["software"]["pyspark"]
@@ -631,3 +639,60 @@ def test_warm_start_latest_starts_from_the_previous_runs_model(
     )
     with pytest.raises(ModelError, match=r"rank 4 but model.rank = 5"):
         run_nightly(spark, other_rank)
+
+
+def test_interactions_without_ratings_publish_the_ranking_models_top_n_only(
+    spark, ratings_path, tmp_path
+):
+    # plays: the rated pairs without their ratings, a third of them played twice
+    raw = read(Path(ratings_path))
+    users, items = raw["user_id"].to_numpy(), raw["item_id"].to_numpy()
+    again = np.arange(len(users)) % 3 == 0
+    plays = pa.table(
+        {
+            "user": np.concatenate([users, users[again]]),
+            "song": np.concatenate([items, items[again]]),
+        }
+    )
+    path = tmp_path / "plays.parquet"
+    pq.write_table(plays, path)
+    cfg = config(
+        str(path),
+        tmp_path / "out",
+        input={
+            "feedback": "interactions",
+            "user_col": "user",
+            "item_col": "song",
+            "rating_col": "",
+            "timestamp_col": "",
+            "duplicates": "sum",
+        },
+    )
+    outcome = run_nightly(spark, cfg)
+    run = Path(outcome.path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (run / "ranking_model" / "metadata.json").exists() and (run / "top_n").exists()
+    assert not (run / "model").exists() and not (run / "predictions").exists()
+    assert metrics["top_n_model"] == "ranking_model" and metrics["training"] is None
+    assert metrics["ingest"]["rows_read"] == plays.num_rows
+    assert metrics["ingest"]["duplicates_merged"] == int(again.sum())
+    # only what ranks is evaluated, and every held-out play is relevant
+    assert set(metrics["evaluation"]) == {"ranking_model", "popularity"}
+    assert metrics["evaluation"]["ranking_model"]["users"] > 0
+    assert (
+        metrics["evaluation"]["popularity"]["users"]
+        == (metrics["evaluation"]["ranking_model"]["users"])
+    )
+    meta = json.loads((run / "ranking_model" / "metadata.json").read_text())
+    assert meta["objective"] == "ranking" and meta["alpha"] == cfg.ranking.alpha
+    # the lists are the ranking model's theta . x, the user's plays left out
+    theta, x, mean = factors(run, "ranking_model")
+    played: dict[int, set] = {}
+    for u, i in zip(users.tolist(), items.tolist()):
+        played.setdefault(u, set()).add(i)
+    top = read(run / "top_n").to_pylist()
+    for u in sorted(theta)[:20]:
+        want = sorted((-(theta[u] @ x[i]), i) for i in x if i not in played[u])[:5]
+        got = sorted((r["rank"], r["item_id"], r["score"]) for r in top if r["user_id"] == u)
+        assert [i for _, i, _ in got] == [i for _, i in want], u
+        np.testing.assert_allclose([s for _, _, s in got], [-s for s, _ in want], rtol=1e-12)
