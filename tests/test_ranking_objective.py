@@ -35,12 +35,24 @@ def implicit_problem(seed: int, num_users=40, num_items=27, density=0.3, held=0.
 # ------------------------------------------------------------------ no Spark: kernel, reference
 
 
+def random_biases(layout, w, seed):
+    """Nonzero biases in ``w`` (initial_parameters starts them at zero)."""
+    if layout.biases:
+        rng = np.random.default_rng(seed + 100)
+        layout.item_bias(w)[:] = rng.normal(0.3, 0.5, layout.num_items)
+        layout.user_bias(w)[:] = rng.normal(-0.2, 0.5, layout.num_users)
+    return w
+
+
+@pytest.mark.parametrize("biases", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_blocks_plus_the_gramian_term_equal_the_dense_reference(seed):
+def test_blocks_plus_the_gramian_term_equal_the_dense_reference(seed, biases):
     num_users, num_items, rank, reg, alpha = 40, 27, 4, 0.7, 2.5
     users, items, r, is_val = implicit_problem(seed, num_users, num_items)
-    layout = Layout(num_items, num_users, rank)
-    w = initial_parameters(layout, init_scale=0.6, seed=seed)
+    layout = Layout(num_items, num_users, rank, biases)
+    w = random_biases(layout, initial_parameters(layout, init_scale=0.6, seed=seed), seed)
+    X, Theta = layout.X(w), layout.Theta(w)
+    bias_args = (layout.item_bias(w), layout.user_bias(w)) if biases else ()
     cost = CostSpec("ranking", alpha)
     u_cuts, i_cuts = [0, 11, 12, 40], [0, 9, 27]  # uneven, one user block of one user
     grad = np.zeros(layout.size)
@@ -56,28 +68,38 @@ def test_blocks_plus_the_gramian_term_equal_the_dense_reference(seed):
                 item_range=(i_cuts[bi], i_cuts[bi + 1]),
                 block_id=bu * 2 + bi,
             )
-            res = block_gradients(Block(p), layout.X(w), layout.Theta(w), cost=cost)
+            res = block_gradients(Block(p), X, Theta, *bias_args, cost=cost)
             layout.X(grad)[i_cuts[bi] : i_cuts[bi + 1]] += res.d_item_factors
             layout.Theta(grad)[u_cuts[bu] : u_cuts[bu + 1]] += res.d_user_factors
-            assert res.d_item_bias is None and res.d_user_bias is None
+            if biases:
+                layout.item_bias(grad)[i_cuts[bi] : i_cuts[bi + 1]] += res.d_item_bias
+                layout.user_bias(grad)[u_cuts[bu] : u_cuts[bu + 1]] += res.d_user_bias
+            else:
+                assert res.d_item_bias is None and res.d_user_bias is None
             loss += res.loss
             sse += res.sse
             val_sse += res.val_sse
-    X, Theta = layout.X(w), layout.Theta(w)
-    pairs_cost, pairs_dX, pairs_dT = all_pairs_term(X, Theta)
+    pairs_cost, pairs_dX, pairs_dT, pairs_dbi, pairs_dbu = all_pairs_term(X, Theta, *bias_args)
     J = 0.5 * loss + pairs_cost + 0.5 * reg * float(w @ w)
     layout.X(grad)[:] += pairs_dX
     layout.Theta(grad)[:] += pairs_dT
+    if biases:
+        layout.item_bias(grad)[:] += pairs_dbi
+        layout.user_bias(grad)[:] += pairs_dbu
+    else:
+        assert pairs_dbi is None and pairs_dbu is None
     grad += reg * w
 
     train = ~is_val
-    J_ref, dX, dT = ranking_cost_and_gradients(
-        X, Theta, items[train], users[train], r[train], reg, alpha
+    J_ref, dX, dT, dbi, dbu = ranking_cost_and_gradients(
+        X, Theta, items[train], users[train], r[train], reg, alpha, *bias_args
     )
     assert J == pytest.approx(J_ref, rel=RTOL)
-    want = layout.pack(dX, dT)
+    want = layout.pack(dX, dT, dbi, dbu)
     assert np.max(np.abs(grad - want)) <= RTOL * np.max(np.abs(want))
     s = np.sum(X[items] * Theta[users], axis=1)
+    if biases:
+        s += layout.item_bias(w)[items] + layout.user_bias(w)[users]
     assert sse == pytest.approx(np.sum((1 - s[train]) ** 2), rel=RTOL)
     assert val_sse == pytest.approx(np.sum((1 - s[is_val]) ** 2), rel=RTOL)
 
@@ -89,28 +111,35 @@ def test_alpha_zero_is_the_plain_all_pairs_least_squares():
     X, Theta = rng.normal(size=(27, 3)), rng.normal(size=(40, 3))
     P = np.zeros((27, 40))
     P[items, users] = 1.0
-    J, _, _ = ranking_cost_and_gradients(X, Theta, items, users, r, 0.0, 0.0)
+    J = ranking_cost_and_gradients(X, Theta, items, users, r, 0.0, 0.0)[0]
     assert J == pytest.approx(0.5 * np.sum((P - X @ Theta.T) ** 2), rel=1e-13)
 
 
+def dense_ranking(layout, w, items, users, r, reg, alpha):
+    """:func:`ranking_cost_and_gradients` at the flat ``w``: ``(J, flat gradient)``."""
+    biases = (layout.item_bias(w), layout.user_bias(w)) if layout.biases else ()
+    J, dX, dT, dbi, dbu = ranking_cost_and_gradients(
+        layout.X(w), layout.Theta(w), items, users, r, reg, alpha, *biases
+    )
+    return J, layout.pack(dX, dT, dbi, dbu)
+
+
+@pytest.mark.parametrize("biases", [False, True])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_gradient_check_of_the_dense_ranking_cost(seed):
+def test_gradient_check_of_the_dense_ranking_cost(seed, biases):
     users, items, r, _ = implicit_problem(seed, 9, 7, density=0.4)
     rng = np.random.default_rng(seed)
-    layout = Layout(7, 9, 3)
+    layout = Layout(7, 9, 3, biases)
     w = rng.normal(size=layout.size)
     reg, alpha, eps = 0.9, 1.7, 1e-6
 
     def J(v):
-        return ranking_cost_and_gradients(
-            layout.X(v), layout.Theta(v), items, users, r, reg, alpha
-        )[0]
+        return dense_ranking(layout, v, items, users, r, reg, alpha)[0]
 
-    _, dX, dT = ranking_cost_and_gradients(
-        layout.X(w), layout.Theta(w), items, users, r, reg, alpha
-    )
-    analytic = layout.pack(dX, dT)
-    for n in rng.choice(layout.size, size=8, replace=False):
+    analytic = dense_ranking(layout, w, items, users, r, reg, alpha)[1]
+    # every bias, and a sample of the features
+    features = rng.choice(layout.rank * (7 + 9), size=8, replace=False)
+    for n in np.concatenate([features, np.arange(layout.rank * (7 + 9), layout.size)]):
         step = np.zeros(layout.size)
         step[n] = eps
         numeric = (J(w + step) - J(w - step)) / (2 * eps)
@@ -145,7 +174,6 @@ def test_the_reference_fits_the_ranking_objective_with_every_optimiser():
         ({"objective": "implicit"}, "objective"),
         ({"objective": "ranking", "alpha": -0.5}, "alpha"),
         ({"objective": "ranking", "alpha": float("nan")}, "alpha"),
-        ({"objective": "ranking", "biases": True}, "biases"),
     ],
 )
 def test_the_reference_refuses_bad_arguments(kwargs, names):
@@ -184,13 +212,16 @@ def small_data(spark, tmp_path_factory):
 
 
 @pytest.mark.spark
-@pytest.mark.parametrize(("optimizer", "lr"), [("lbfgs", 0.0003), ("adam", 0.02)])
-def test_lockstep_parity_with_the_reference_on_a_2x2_grid(small_data, optimizer, lr):
+@pytest.mark.parametrize(
+    ("optimizer", "lr", "biases"),
+    [("lbfgs", 0.0003, False), ("adam", 0.02, False), ("lbfgs", 0.0003, True)],
+)
+def test_lockstep_parity_with_the_reference_on_a_2x2_grid(small_data, optimizer, lr, biases):
     from spark_cf.config import Config
     from spark_cf.reference.verify import verify
 
     cfg = Config().replace(
-        model={"rank": 4, "reg": 2.0},
+        model={"rank": 4, "reg": 2.0, "biases": biases},
         train={
             "optimizer": optimizer,
             "learning_rate": lr,
@@ -203,6 +234,8 @@ def test_lockstep_parity_with_the_reference_on_a_2x2_grid(small_data, optimizer,
     report = verify(small_data, cfg, objective="ranking", alpha=3.0)
     assert max(report.lockstep_rel_cost, report.lockstep_rel_grad) <= 1e-9, report.lines()
     assert report.ok, report.lines()
+    if biases:
+        assert report.max_abs_biases < 1e-6, report.lines()
 
 
 def ranking_fit(data, grid, **kw):
@@ -274,7 +307,6 @@ def test_a_ratings_run_refuses_a_ranking_checkpoint(small_data, tmp_path):
     [
         ({"objective": "implicit"}, "objective"),
         ({"objective": "ranking", "alpha": -1.0}, "alpha"),
-        ({"objective": "ranking", "biases": True}, "biases"),
     ],
 )
 def test_fit_refuses_bad_arguments(small_data, kwargs, name):
@@ -384,3 +416,66 @@ def test_the_ranking_model_beats_popularity_on_held_out_top_10(spark, tmp_path):
     print(f"ranking model {ours}\npopularity    {popular}")
     assert ours["users"] == popular["users"] > 50
     assert ours["ndcg_at_k"] > popular["ndcg_at_k"]
+
+
+@pytest.mark.spark
+def test_a_user_without_training_pairs_gets_the_popular_items_from_a_biased_fit(spark, tmp_path):
+    """A user whose only ratings are held out: its top-5 are popular items (among the 15
+    most-rated training items, counted here with NumPy), as are the 5 largest item biases.
+
+    Its list is not exactly the item-bias order: with no rated pair, the objective asks
+    only that its scores ``theta_u . x_i + b_i + b_u`` be near 0 on every item, so
+    ``(theta_u, b_u)`` is the ridge regression of ``-b_item`` on ``[X, 1]``, which
+    this test checks too (to 5%: 60 iterations); the scores are ``b_item`` minus that fit.
+    """
+    from spark_cf.data.prepare import prepare
+    from spark_cf.data.synthetic import SyntheticSpec, write_parquet
+    from spark_cf.outputs.recommend import top_n
+    from spark_cf.schema import IS_VAL, ITEM_IDX, USER_IDX
+
+    path = tmp_path / "ratings.parquet"
+    spec = SyntheticSpec(
+        num_users=400, num_items=60, num_ratings=2400, true_rank=3, popularity_skew=1.0, seed=5
+    )
+    write_parquet(spec, str(path))
+    ratings = spark.read.parquet(str(path)).select("user_id", "item_id", "rating")
+    data = prepare(
+        ratings,
+        holdout_fraction=0.4,
+        split="random",
+        seed=3,
+        mean_normalization=False,
+        biases=True,
+    )
+    reg, k = 3.0, 5
+    try:
+        model, _ = ranking_fit(
+            data, (2, 1), reg_param=reg, alpha=1.0, max_iter=60, tol=1e-12, biases=True
+        )
+        a = data.arrays()
+        train = ~a[IS_VAL]
+        rated = data.ratings.where(~data.ratings[IS_VAL]).select(USER_IDX, ITEM_IDX)
+        recs = top_n(spark, model, rated, n=k).toArrow()
+    finally:
+        data.ratings.unpersist()
+    index = model.index
+    assert not model.item_means.any() and model.global_mean == 0.0 and model.biases
+    user_counts = np.bincount(a[USER_IDX][train], minlength=index.num_users)
+    empty = np.flatnonzero(user_counts == 0)
+    assert len(empty) >= 3, len(empty)
+
+    counts = np.bincount(a[ITEM_IDX][train], minlength=index.num_items)
+    popular = set(np.lexsort((np.arange(len(counts)), -counts))[:15].tolist())
+    assert set(np.argsort(-model.item_bias)[:k].tolist()) <= popular
+
+    item_pos = index.item_positions(recs.column("item_id").to_numpy())
+    user_pos = index.user_positions(recs.column("user_id").to_numpy())
+    X, bi = model.item_factors, model.item_bias
+    Xa = np.column_stack([X, np.ones(len(X))])
+    for u in empty.tolist():
+        top = item_pos[user_pos == u].tolist()
+        assert len(top) == k and set(top) <= popular, (u, top)
+        ridge = -np.linalg.solve(Xa.T @ Xa + reg * np.eye(Xa.shape[1]), Xa.T @ bi)
+        fitted = np.append(model.user_factors[u], model.user_bias[u])
+        # near it after 60 iterations (exact at the optimum); theta_u = 0 would be |ridge| off
+        assert np.linalg.norm(fitted - ridge) <= 0.05 * np.linalg.norm(ridge), (fitted, ridge)

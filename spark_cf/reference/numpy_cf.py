@@ -99,15 +99,19 @@ def ranking_cost_and_gradients(
     r: np.ndarray,
     reg: float,
     alpha: float,
-) -> tuple[float, np.ndarray, np.ndarray]:
+    item_bias: np.ndarray | None = None,
+    user_bias: np.ndarray | None = None,
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The ranking (implicit-feedback) cost and its gradients, dense over all pairs.
 
     ``P`` (preferences) and ``C`` (confidences) are ``num_items x num_users``: ``P = 1``,
     ``C = 1 + alpha r`` on the given (training) pairs, ``P = 0``, ``C = 1`` elsewhere;
-    with ``S = X Theta^T`` and ``E = C o (P - S)``::
+    with the scores ``S = X Theta^T`` (``+ b_item[:, None] + b_user[None, :]`` when the
+    biases are given) and ``E = C o (P - S)``::
 
-        J = 1/2 sum C o (P - S)^2 + reg/2 (sum X^2 + sum Theta^2)
+        J = 1/2 sum C o (P - S)^2 + reg/2 (sum X^2 + sum Theta^2 [+ sum b_item^2 + sum b_user^2])
         dX = -E Theta + reg X,   dTheta = -E^T X + reg Theta
+        d b_item = -(row sums of E) + reg b_item,   d b_user = -(column sums of E) + reg b_user
 
     Parameters
     ----------
@@ -115,21 +119,32 @@ def ranking_cost_and_gradients(
     item_idx, user_idx : the rated training pairs (each pair once).
     r : their raw values (ratings or counts).
     reg, alpha : the regularisation weight and the confidence weight.
+    item_bias, user_bias : the biases, or None (both) for the model without.
 
     Returns
     -------
-    (J, dX, dTheta)
+    (J, dX, dTheta, d_item_bias, d_user_bias)
+        The bias gradients are None without biases.
     """
     item_idx = np.asarray(item_idx, dtype=np.int64)
     user_idx = np.asarray(user_idx, dtype=np.int64)
+    biased = item_bias is not None and user_bias is not None
     P = np.zeros((X.shape[0], Theta.shape[0]))
     C = np.ones_like(P)
     P[item_idx, user_idx] = 1.0
     C[item_idx, user_idx] = 1.0 + alpha * np.asarray(r, dtype=np.float64)
-    D = P - X @ Theta.T
+    S = X @ Theta.T
+    params = [X, Theta]
+    if biased:
+        S = S + item_bias[:, None] + user_bias[None, :]
+        params += [item_bias, user_bias]
+    D = P - S
     E = C * D
-    J = 0.5 * float(np.sum(E * D)) + 0.5 * reg * (float(np.sum(X * X)) + float(np.sum(Theta**2)))
-    return J, -E @ Theta + reg * X, -E.T @ X + reg * Theta
+    J = 0.5 * float(np.sum(E * D)) + 0.5 * reg * sum(float(np.sum(a * a)) for a in params)
+    dX, dTheta = -E @ Theta + reg * X, -E.T @ X + reg * Theta
+    if not biased:
+        return J, dX, dTheta, None, None
+    return J, dX, dTheta, -E.sum(axis=1) + reg * item_bias, -E.sum(axis=0) + reg * user_bias
 
 
 def predict(
@@ -201,7 +216,6 @@ class ReferenceObjective:
         alpha: float = 1.0,
     ) -> None:
         self.cost = CostSpec(objective, alpha)
-        self.cost.check_biases(layout.biases)
         self.layout = layout
         self.item_idx = np.asarray(item_idx, dtype=np.int64)
         self.user_idx = np.asarray(user_idx, dtype=np.int64)
@@ -213,10 +227,11 @@ class ReferenceObjective:
         L = self.layout
         X, Theta = L.X(w), L.Theta(w)
         if self.cost.ranking:
-            J, dX, dT = ranking_cost_and_gradients(
-                X, Theta, self.item_idx, self.user_idx, self.y, self.reg, self.cost.alpha
+            biases = (L.item_bias(w), L.user_bias(w)) if L.biases else ()
+            J, dX, dT, dbi, dbu = ranking_cost_and_gradients(
+                X, Theta, self.item_idx, self.user_idx, self.y, self.reg, self.cost.alpha, *biases
             )
-            grad = L.pack(dX, dT)
+            grad = L.pack(dX, dT, dbi, dbu)
         elif L.biases:
             J, dX, dT, dbi, dbu = biased_cost_and_gradients(
                 X,
@@ -276,10 +291,10 @@ def train_reference(
     :func:`~spark_cf.training.loop.minimize`.
     ``validation`` holds raw ``(item_idx, user_idx, y)`` to score in the history.
     ``objective="ranking"`` (with ``alpha``) trains the ranking objective on the raw
-    values instead: no normalisation, no biases (ValueError when asked).
+    values instead: no normalisation (zero means and global mean), with or without
+    ``biases``.
     """
     cost = CostSpec(objective, alpha)
-    cost.check_biases(biases)
     layout = Layout(num_items, num_users, rank, biases)
     norm = fit_normalization(
         item_idx,

@@ -15,7 +15,8 @@ the objective at ``w``:
 3. collects the partial sums and adds them on the driver *in block order*, so the result
    does not depend on which task finished first or how many cores there are;
 4. adds the regularisation (and, for the ranking objective, the term over all pairs from
-   the two k x k Gramians: :func:`spark_cf.training.objective.all_pairs_term`), destroys
+   the two Gramians, augmented with the biases when the model has them:
+   :func:`spark_cf.training.objective.all_pairs_term`), destroys
    the broadcast and returns an :class:`~spark_cf.training.optimizers.Evaluation`.
 
 No lineage grows across iterations: each job reads the same cached RDD.
@@ -288,7 +289,6 @@ class SparkObjective:
     ) -> None:
         if (layout.num_users, layout.num_items) != (blocks.num_users, blocks.num_items):
             raise ValueError("layout sizes differ from the blocked ratings")
-        cost.check_biases(layout.biases)
         if cost.ranking and blocks.offsets.any():
             raise ValueError(
                 "blocks: the ranking objective needs the raw values, but these blocks "
@@ -381,10 +381,16 @@ class SparkObjective:
             val_count += r.val_count
         cost = 0.5 * loss
         if self.cost.ranking:
-            pairs_cost, pairs_dX, pairs_dTheta = all_pairs_term(layout.X(w), layout.Theta(w))
+            biases = (layout.item_bias(w), layout.user_bias(w)) if layout.biases else ()
+            pairs_cost, pairs_dX, pairs_dTheta, pairs_dbi, pairs_dbu = all_pairs_term(
+                layout.X(w), layout.Theta(w), *biases
+            )
             cost += pairs_cost
             dX += pairs_dX
             dTheta += pairs_dTheta
+            if layout.biases:
+                dbi += pairs_dbi
+                dbu += pairs_dbu
         cost += 0.5 * self.reg * float(w @ w)
         grad += self.reg * w
         return Evaluation(cost, grad, sse, count, val_sse, val_count)

@@ -113,8 +113,10 @@ def fit(
         implicit-feedback cost over all pairs with confidence ``1 + alpha r`` on the rated
         ones: :mod:`spark_cf.training.objective`). A ranking fit ignores
         ``data.normalization`` (it trains on the raw values) and returns a model with zero
-        means and no biases, whose score is ``theta_u . x_i``; its history's RMSEs are
-        distances of the pairs' scores from preference 1.
+        means and global mean, whose score is ``theta_u . x_i``, plus ``b_i + b_u`` with
+        ``biases`` (the item bias carries popularity, so a user with no training pairs
+        still gets a list); its history's RMSEs are distances of the pairs' scores from
+        preference 1.
 
     Returns
     -------
@@ -125,8 +127,8 @@ def fit(
     Raises
     ------
     ValueError
-        ``objective`` is unknown, ``alpha`` is negative, ``biases`` is asked of the
-        ranking objective, or ``blocks`` of a ranking fit subtracted a normalisation
+        ``objective`` is unknown, ``alpha`` is negative, or ``blocks`` of a ranking fit
+        subtracted a normalisation
         (checked by :class:`~spark_cf.training.blocks.SparkObjective`).
     ModelError
         ``initial_model`` has another rank.
@@ -134,7 +136,6 @@ def fit(
         From the loop.
     """
     cost = CostSpec(objective, alpha)
-    cost.check_biases(biases)
     # the ranking objective weighs raw values: nothing is subtracted
     normalization = (
         Normalization(np.zeros(data.index.num_items), 0.0) if cost.ranking else data.normalization

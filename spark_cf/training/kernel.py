@@ -6,7 +6,8 @@ training ratings are sorted by (item, user); one fused loop (compiled by Numba) 
 each rating once, computes its residual ``e = theta_u . x_i (+ b_i + b_u) - y`` and adds
 ``e * theta_u`` to ``dX[i]`` and ``e * x_i`` to ``dTheta[u]``, with no n x k temporaries.
 For the ranking objective (:mod:`spark_cf.training.objective`) a second loop of the same
-form visits the rated pairs with their weight ``g = alpha r s - c`` instead; the term over
+form visits the rated pairs with their weight ``g = alpha r s - c`` instead (``s`` the
+score, biases included when the model has them); the term over
 all pairs is not the blocks' (:func:`spark_cf.training.objective.all_pairs_term`).
 
 This is deliberately a different summation from the reference's ``bincount``; the order
@@ -168,9 +169,10 @@ def block_gradients(
 
     ``X``, ``Theta`` (and the biases) are the *full* parameter arrays; the block reads the
     rows in its ranges. For the ratings objective the data term is ``1/2 sum e^2`` with
-    ``e = prediction - y``; for the ranking one (``cost.ranking``: no biases, ``y`` the raw
-    values) it is ``1/2 sum_rated [c (1 - s)^2 - s^2]`` (:func:`_ranking_gradients`), and
-    the held-out pairs are scored against preference 1.
+    ``e = prediction - y``; for the ranking one (``cost.ranking``: ``y`` the raw values) it
+    is ``1/2 sum_rated [c (1 - s)^2 - s^2]`` with ``s`` the score, biases included when
+    given (:func:`_ranking_gradients`), and the held-out pairs are scored against
+    preference 1.
     """
     Xb = X[block.item_start : block.item_start + block.num_items]
     Tb = Theta[block.user_start : block.user_start + block.num_users]
@@ -186,9 +188,19 @@ def block_gradients(
     d_ib = np.zeros(block.num_items if biased else 0)
     d_ub = np.zeros(block.num_users if biased else 0)
     if cost.ranking:
-        cost.check_biases(biased)
         loss, sse = _ranking_gradients(
-            block.t_items, block.t_users, block.t_y, Xb, Tb, cost.alpha, d_items, d_users
+            block.t_items,
+            block.t_users,
+            block.t_y,
+            Xb,
+            Tb,
+            bib,
+            bub,
+            cost.alpha,
+            d_items,
+            d_users,
+            d_ib,
+            d_ub,
         )
         val_sse = _squared_errors(block.v_items, block.v_users, block.v_ones, Xb, Tb, bib, bub)
     else:
@@ -220,16 +232,22 @@ _CACHE = os.path.isfile(__file__)
 
 
 @numba.njit(cache=_CACHE, nogil=True, inline="always")
-def _residual(n, items, users, y, X, T, bi, bu):  # pragma: no cover
-    """``theta_u . x_i (+ b_i + b_u) - y`` of rating ``n`` (biases when ``bi`` is not empty)."""
+def _score(n, items, users, X, T, bi, bu):  # pragma: no cover
+    """``theta_u . x_i (+ b_i + b_u)`` of rating ``n`` (biases when ``bi`` is not empty)."""
     i = items[n]
     u = users[n]
-    e = 0.0
+    s = 0.0
     for f in range(X.shape[1]):
-        e += X[i, f] * T[u, f]
+        s += X[i, f] * T[u, f]
     if bi.shape[0] > 0:
-        e += bi[i] + bu[u]
-    return e - y[n]
+        s += bi[i] + bu[u]
+    return s
+
+
+@numba.njit(cache=_CACHE, nogil=True, inline="always")
+def _residual(n, items, users, y, X, T, bi, bu):  # pragma: no cover
+    """``theta_u . x_i (+ b_i + b_u) - y`` of rating ``n`` (biases when ``bi`` is not empty)."""
+    return _score(n, items, users, X, T, bi, bu) - y[n]
 
 
 @numba.njit(cache=_CACHE, nogil=True)
@@ -252,19 +270,18 @@ def _fused_gradients(items, users, y, X, T, bi, bu, dX, dT, dbi, dbu):  # pragma
 
 
 @numba.njit(cache=_CACHE, nogil=True)
-def _ranking_gradients(items, users, r, X, T, alpha, dX, dT):  # pragma: no cover
+def _ranking_gradients(items, users, r, X, T, bi, bu, alpha, dX, dT, dbi, dbu):  # pragma: no cover
     """The ranking objective's rated-pair part, in rating order: for each training pair,
-    ``s = theta_u . x_i``, ``c = 1 + alpha r`` and ``g = (c - 1) s - c = alpha r s - c``
-    (the derivative of ``1/2 [c (1 - s)^2 - s^2]`` in ``s``); adds ``g theta_u`` to dX and
-    ``g x_i`` to dT. Returns ``(sum [c (1 - s)^2 - s^2], sum (1 - s)^2)``."""
+    ``s = theta_u . x_i (+ b_i + b_u)``, ``c = 1 + alpha r`` and
+    ``g = (c - 1) s - c = alpha r s - c`` (the derivative of ``1/2 [c (1 - s)^2 - s^2]`` in
+    ``s``); adds ``g theta_u`` to dX, ``g x_i`` to dT (and ``g`` to dbi, dbu when the bias
+    arrays are not empty). Returns ``(sum [c (1 - s)^2 - s^2], sum (1 - s)^2)``."""
     loss = 0.0
     sse = 0.0
     for n in range(r.shape[0]):
+        s = _score(n, items, users, X, T, bi, bu)
         i = items[n]
         u = users[n]
-        s = 0.0
-        for f in range(X.shape[1]):
-            s += X[i, f] * T[u, f]
         c = 1.0 + alpha * r[n]
         g = alpha * r[n] * s - c
         e = 1.0 - s
@@ -273,6 +290,9 @@ def _ranking_gradients(items, users, r, X, T, alpha, dX, dT):  # pragma: no cove
         for f in range(X.shape[1]):
             dX[i, f] += g * T[u, f]
             dT[u, f] += g * X[i, f]
+        if bi.shape[0] > 0:
+            dbi[i] += g
+            dbu[u] += g
     return loss, sse
 
 

@@ -5,19 +5,26 @@
 and Volinsky (2008), the one MLlib ALS minimises with ``implicitPrefs`` (here on the
 summed cost, like ours)::
 
-    J = 1/2 sum_{all (u, i)} c_ui (p_ui - s_ui)^2 + reg/2 (sum X^2 + sum Theta^2)
+    J = 1/2 sum_{all (u, i)} c_ui (p_ui - s_ui)^2 + reg/2 |w|^2
 
-with ``s_ui = theta_u . x_i`` (no biases, no normalisation), and for a rated training pair
-``p = 1``, ``c = 1 + alpha r`` (``r`` the raw rating or count as given); ``p = 0``, ``c = 1``
-for every other pair, held-out ones included.
+with ``s_ui = theta_u . x_i`` (no normalisation), and for a rated training pair ``p = 1``,
+``c = 1 + alpha r`` (``r`` the raw rating or count as given); ``p = 0``, ``c = 1`` for every
+other pair, held-out ones included. ``|w|^2`` is the sum of the squares of every parameter.
+
+With biases (``biases = True``) the score is ``s_ui = theta_u . x_i + b_i + b_u``, the
+biases regularised with ``reg`` like the features. The item bias expresses popularity
+directly (how much an item is preferred over all users); the user bias how much a user
+prefers items in general, which does not change that user's order.
 
 The sum over all pairs is never formed. It is split as::
 
     J = 1/2 sum_all s^2  +  1/2 sum_rated [c (1 - s)^2 - s^2]  +  reg term
 
-The first part is the Gramian identity ``sum_all s^2 = sum(G_X o G_Theta)`` with the k x k
-Gramians ``G_X = X^T X``, ``G_Theta = Theta^T Theta`` (:func:`all_pairs_term`); the second
-visits only the rated pairs, block by block (:mod:`spark_cf.training.kernel`).
+The first part is the Gramian identity ``sum_all s^2 = sum(G_X o G_Theta)`` with the
+Gramians ``G_X = X^T X``, ``G_Theta = Theta^T Theta`` (:func:`all_pairs_term`; k x k, or
+with biases (k + 2) x (k + 2) of the augmented ``[X, b_item, 1]`` and ``[Theta, 1, b_user]``,
+whose products are the biased scores); the second visits only the rated pairs, block by
+block (:mod:`spark_cf.training.kernel`).
 
 The held-out "RMSE" of a ranking model is ``sqrt(mean (1 - s)^2)`` over the held-out pairs:
 how far their scores are from preference 1 (the training one likewise over the training
@@ -38,7 +45,8 @@ OBJECTIVES = (RATINGS, RANKING)
 @dataclass(frozen=True)
 class CostSpec:
     """The objective (``ratings`` or ``ranking``) and, for ``ranking``, its confidence
-    weight ``alpha`` (``c = 1 + alpha r``). Validated on construction.
+    weight ``alpha`` (``c = 1 + alpha r``). Validated on construction. Both objectives
+    take biases or not (the model's ``biases``; see the module docstring).
 
     Raises
     ------
@@ -62,33 +70,46 @@ class CostSpec:
     def ranking(self) -> bool:
         return self.objective == RANKING
 
-    def check_biases(self, biases: bool) -> None:
-        """Raise ValueError when ``biases`` is asked of the ranking objective (its score is
-        ``theta_u . x_i`` alone)."""
-        if self.ranking and biases:
-            raise ValueError(
-                "biases = True with objective = 'ranking': the ranking objective scores "
-                "theta_u . x_i without biases; set biases = False"
-            )
-
 
 #: the course's cost, the default
 RATINGS_COST = CostSpec()
 
 
-def all_pairs_term(X: np.ndarray, Theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """``1/2 sum_{all (u, i)} (theta_u . x_i)^2`` and its gradients, from the Gramians.
+def all_pairs_term(
+    X: np.ndarray,
+    Theta: np.ndarray,
+    item_bias: np.ndarray | None = None,
+    user_bias: np.ndarray | None = None,
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``1/2 sum_{all (u, i)} s_ui^2`` and its gradients, from the Gramians.
 
-    ``sum_all s^2 = sum(G_X o G_Theta)`` with ``G_X = X^T X`` and ``G_Theta = Theta^T Theta``;
-    the gradients are ``X G_Theta`` (items) and ``Theta G_X`` (users). Plain NumPy in a
-    fixed order, so deterministic. It is one k x k aggregate per evaluation, computed where
-    X and Theta are (today the driver); when Theta is partitioned onto the executors
-    (a later issue), ``G_Theta`` is summed there instead.
+    ``s_ui = theta_u . x_i`` (``+ b_i + b_u`` when the biases are given). One formula for
+    both: with biases the matrices are augmented, ``X~ = [X, b_item, 1]`` (num_items x
+    (k + 2)) and ``Theta~ = [Theta, 1, b_user]``, so that ``s = x~_i . theta~_u``; without,
+    ``X~ = X`` and ``Theta~ = Theta``. Then ``sum_all s^2 = sum(G_X~ o G_Theta~)`` with
+    ``G_X~ = X~^T X~`` and ``G_Theta~ = Theta~^T Theta~``, and the gradients are
+    ``X~ G_Theta~`` (items: dX its first k columns, d b_item column k) and
+    ``Theta~ G_X~`` (users: dTheta its first k columns, d b_user column k + 1). Plain NumPy
+    in a fixed order, so deterministic. It is one small aggregate per evaluation,
+    computed where X and Theta are (today the driver); when Theta is partitioned onto the
+    executors (a later issue), ``G_Theta~`` is summed there instead.
 
     Returns
     -------
-    (cost, dX, dTheta)
+    (cost, dX, dTheta, d_item_bias, d_user_bias)
+        The bias gradients are None when the biases are not given.
     """
-    G_X = X.T @ X
-    G_T = Theta.T @ Theta
-    return 0.5 * float(np.sum(G_X * G_T)), X @ G_T, Theta @ G_X
+    biased = item_bias is not None and user_bias is not None
+    k = X.shape[1]
+    if biased:
+        Xa = np.column_stack([X, item_bias, np.ones(X.shape[0])])
+        Ta = np.column_stack([Theta, np.ones(Theta.shape[0]), user_bias])
+    else:
+        Xa, Ta = X, Theta
+    G_X = Xa.T @ Xa
+    G_T = Ta.T @ Ta
+    dXa, dTa = Xa @ G_T, Ta @ G_X
+    cost = 0.5 * float(np.sum(G_X * G_T))
+    if not biased:
+        return cost, dXa, dTa, None, None
+    return cost, dXa[:, :k], dTa[:, :k], dXa[:, k], dTa[:, k + 1]
