@@ -77,15 +77,18 @@ from vs_als import (  # noqa: E402
     rating_range,
 )
 
+from spark_cf.config import RankingConfig  # noqa: E402
+
 K = 10
 RELEVANT_SHARE = 0.8  # relevant: held-out rating >= this x the top of the rating scale
 ALS_ITERATIONS = 10
 ALS_REGS = (0.01, 0.1, 1.0)
 ALS_ALPHAS = (1.0, 10.0, 40.0)
 ALS_EXPLICIT_REG = 0.1
-OURS_REGS = (1.0, 10.0, 100.0)
-OURS_ALPHAS = (0.5, 2.0, 10.0)
-OURS_ITERS = 50
+# the shipped top-N model (conf/default.toml's [ranking]) unless a grid is given
+OURS_REGS = (RankingConfig.reg,)
+OURS_ALPHAS = (RankingConfig.alpha,)
+OURS_ITERS = RankingConfig.max_iter
 SYSTEMS = ("popularity", "als-implicit", "als-explicit", "ours-ratings", "ours-ranking")
 RESULT_FILE = RESULTS / "ranking_vs_als.json"
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -315,6 +318,7 @@ def child_ours_ratings(path: str, threshold: float) -> dict:
 
 
 def child_ours_ranking(path: str, threshold: float, regs, alphas, iters: int) -> dict:
+    from spark_cf.config import Config, fit_arguments
     from spark_cf.training.fit import fit
 
     if "objective" not in inspect.signature(fit).parameters:
@@ -324,16 +328,11 @@ def child_ours_ranking(path: str, threshold: float, regs, alphas, iters: int) ->
     split = Split(data, threshold)
 
     def ranking_fit(reg: float, alpha: float, max_iter: int):
-        return fit(
-            data,
-            objective="ranking",
-            alpha=alpha,
-            reg_param=reg,
-            rank=RANK,
-            optimizer="lbfgs",
-            max_iter=max_iter,
-            biases=False,
-        )
+        # the nightly job's arguments for its top-N model (conf/default.toml), with the
+        # grid's reg, alpha and max_iter
+        args = fit_arguments(Config(), ranking=True)
+        args.update(reg_param=reg, alpha=alpha, max_iter=max_iter, rank=RANK)
+        return fit(data, **args)
 
     ranking_fit(regs[0], alphas[0], 2)  # warm-up
     runs = []

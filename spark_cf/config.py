@@ -94,8 +94,9 @@ class TrainConfig:
 class RankingConfig:
     enabled: bool = True
     rank: int = 10
-    reg: float = 10.0
-    alpha: float = 1.0
+    reg: float = 30.0
+    alpha: float = 0.5
+    biases: bool = False
     max_iter: int = 50
 
 
@@ -466,7 +467,7 @@ def fit_arguments(cfg: Config, *, ranking: bool = False) -> dict[str, Any]:
     :func:`spark_cf.training.fit.fit` (``model.reg`` becomes ``reg_param``).
 
     ``ranking=True``: the arguments of the top-N model instead, ``[ranking]``'s rank, reg,
-    alpha and max_iter on ``[train]``'s optimiser, with the ranking objective (no biases).
+    alpha, biases and max_iter on ``[train]``'s optimiser, with the ranking objective.
 
     Left out, for the job to resolve: ``model.mean_normalization`` (applied when the
     ratings are prepared), ``train.warm_start`` (a path or ``"latest"``: the job loads the
@@ -500,7 +501,7 @@ def fit_arguments(cfg: Config, *, ranking: bool = False) -> dict[str, Any]:
             rank=rk.rank,
             reg_param=rk.reg,
             max_iter=rk.max_iter,
-            biases=False,
+            biases=rk.biases,
             objective="ranking",
             alpha=rk.alpha,
         )
