@@ -469,8 +469,9 @@ def markdown(results: dict) -> str:
         "factors on the driver (every item scored, training items excluded, by spark-cf's "
         "top-N kernel). spark-cf ratings: `fit`'s defaults with biases (reg 10, L-BFGS, "
         "100 iterations at most), ranked by the predicted rating with the published top-N "
-        '(`evaluate_model`). spark-cf ranking: `fit(objective="ranking", ...)`, no '
-        "normalisation, no biases, L-BFGS; its RMSE is not meaningful. Fit seconds: the "
+        "(`evaluate_model`). spark-cf ranking: the nightly job's top-N model "
+        "(conf/default.toml's [ranking]: `fit(objective='ranking', ...)`, no normalisation), "
+        "L-BFGS; its RMSE is not meaningful. Fit seconds: the "
         "fit call alone (spark-cf's includes blocking the ratings), after a warm-up fit.",
     ]
     if any(

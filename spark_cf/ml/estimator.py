@@ -88,8 +88,9 @@ class SparkCF(Estimator, SparkCFParams, MLWritable, MLReadable):
 
         J = 1/2 sum_{all i,j} c_ij (p_ij - theta_j . x_i)^2 + regParam/2 (|X|^2 + |Theta|^2)
 
-    with no biases and no mean normalisation; ``transform`` then gives preference scores
-    (near 1 = likely chosen) and ``recommendForAllUsers`` lists that beat "most popular".
+    with no mean normalisation (and biases only with ``biases=True``); ``transform`` then
+    gives preference scores (near 1 = likely chosen), and ``recommendForAllUsers`` lists
+    that rank better than the course's cost's (the nightly job's top-N model).
 
     **regParam is not ALS's**: ALS scales its regParam by each row's number of ratings,
     we regularise the summed cost as above, so the same number means very different

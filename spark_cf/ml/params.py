@@ -218,7 +218,7 @@ class SparkCFParams(SparkCFModelParams):
         "'ratings': the course's cost over the rated pairs (predicts ratings); 'ranking': "
         "every (user, item) pair, rated ones as positives with confidence 1 + alpha x "
         "rating, the others as zeros (ranks items for top-N lists, as ALS's implicitPrefs; "
-        "no biases, no mean normalisation)",
+        "no mean normalisation; biases with biases=True)",
         typeConverter=_to_objective,
     )
     alpha: Param[float] = Param(
