@@ -97,7 +97,7 @@ class RankingConfig:
     reg: float = 30.0
     alpha: float = 0.5
     biases: bool = False
-    max_iter: int = 50
+    max_iter: int = 25
 
 
 @dataclass(frozen=True)
