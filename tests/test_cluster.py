@@ -114,7 +114,7 @@ def test_nightly_on_a_standalone_cluster_matches_local_bit_for_bit(tmp_path, spa
             "--config",
             str(conf),
             "--model",
-            str(on_cluster / "model"),
+            str(on_cluster / "ranking_model"),  # the model of the published top_n
             "--output",
             str(tmp_path / "recs"),
             "--set",

@@ -35,7 +35,10 @@ def test_a_bad_input_exits_non_zero_with_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.extended
 def test_verify_job_on_string_ids(tmp_path):
+    """(extended: about 45 s in a subprocess; test_verify.py keeps the parity check's
+    coverage in-process, test_config.py the verify job's refusal of a bad config.)"""
     table = pq.read_table(write_parquet_path(tmp_path))
     strings = table.set_column(0, "user_id", pc.cast(table["user_id"], pa.string()))
     strings = strings.set_column(

@@ -391,9 +391,13 @@ def test_a_saved_pipeline_with_a_sql_transformer_loads_and_predicts(spark, ratin
     assert np.mean(list(b.values())) > 1.5 * ratings.agg(F.avg("rating")).first()[0]
 
 
+@pytest.mark.extended
 def test_cross_validator_over_regparam_picks_what_a_hand_written_loop_picks(
     spark, ratings, tmp_path
 ):
+    """(extended: about 40 s; test_a_saved_pipeline_with_a_sql_transformer_loads_and_predicts
+    and test_code_written_for_als_runs_unchanged_and_gives_the_same_output_schemas keep
+    SparkCF's pyspark.ml coverage.)"""
     folded = ratings.withColumn("fold", (F.abs(F.xxhash64("user", "item")) % 2).cast("int"))
     grid_values = [0.5, 50.0]
     cf = SparkCF(**{**PARAMS, "maxIter": 2}, coldStartStrategy="mean")
@@ -464,7 +468,7 @@ def test_objective_ranking_minimises_the_dense_implicit_cost_and_scores_by_featu
     pairs = ratings.groupBy("user", "item").agg(F.mean("rating").alias("r")).toPandas()
     users = cf.index.user_positions(pa.array(pairs["user"].to_numpy()))
     items = cf.index.item_positions(pa.array(pairs["item"].to_numpy()))
-    J, _, _ = ranking_cost_and_gradients(
+    J, *_ = ranking_cost_and_gradients(
         cf.item_factors, cf.user_factors, items, users, pairs["r"].to_numpy(), 5.0, 0.5
     )
     history = model.summary.objectiveHistory

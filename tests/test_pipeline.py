@@ -468,10 +468,14 @@ def independent_ranking(recs: dict, relevant: dict, k: int) -> dict[str, float]:
     return {name: value / len(relevant) for name, value in out.items()}
 
 
+@pytest.mark.extended
 def test_evaluate_job_scores_newer_ratings_with_the_published_biased_model(
     variant, ratings_path, tmp_path
 ):
-    """jobs/evaluate.py as users run it, on the saved biased model: RMSE, MAE and the @k
+    """(extended: about 35 s in a subprocess; test_job_bodies.py's
+    test_evaluate_reproduces_the_nightly_heldout_evaluation keeps run_evaluate's coverage.)
+
+    jobs/evaluate.py as users run it, on the saved biased model: RMSE, MAE and the @k
     metrics of newer ratings (some of an unknown user, one of an unknown item), each
     computed here from the Parquet tables."""
     run, _, _ = variant

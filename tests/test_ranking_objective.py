@@ -487,3 +487,31 @@ def test_a_user_without_training_pairs_gets_the_popular_items_from_a_biased_fit(
         fitted = np.append(model.user_factors[u], model.user_bias[u])
         # near it after 60 iterations (exact at the optimum); theta_u = 0 would be |ridge| off
         assert np.linalg.norm(fitted - ridge) <= 0.05 * np.linalg.norm(ridge), (fitted, ridge)
+
+
+def test_the_all_pairs_term_is_the_same_bits_whatever_the_blas_threads():
+    """The Gramian term runs on the driver, whose BLAS may use another number of threads
+    under spark-submit on a cluster than in a local run: the result must not depend on it
+    (a BLAS product does: it sums in an order that follows the threads)."""
+    import os
+    import subprocess
+
+    code = (
+        "import hashlib, numpy as np\n"
+        "from spark_cf.training.objective import all_pairs_term\n"
+        "rng = np.random.default_rng(0)\n"
+        "X, T = rng.standard_normal((10500, 10)), rng.standard_normal((16500, 10))\n"
+        "b, c = rng.standard_normal(10500), rng.standard_normal(16500)\n"
+        "out = all_pairs_term(X, T, b, c)\n"
+        "print(hashlib.sha256(repr(out[0]).encode() + b''.join("
+        "np.ascontiguousarray(a).tobytes() for a in out[1:])).hexdigest())\n"
+    )
+    digests = set()
+    for threads in ("1", "2", "4"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
+        env["MKL_NUM_THREADS"] = threads
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        digests.add(proc.stdout.strip())
+    assert len(digests) == 1, digests
