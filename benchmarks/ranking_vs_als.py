@@ -51,8 +51,6 @@ import argparse
 import hashlib
 import inspect
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,12 +68,12 @@ from vs_als import (  # noqa: E402
     RESULTS,
     ROOT,
     SEED,
-    PeakMemory,
     _session,
     dataset_path,
     machine,
     rating_range,
 )
+from vs_als import run_child as vs_als_run_child  # noqa: E402
 
 from spark_cf.config import RankingConfig  # noqa: E402
 
@@ -367,21 +365,8 @@ def child_ours_ranking(path: str, threshold: float, regs, alphas, iters: int) ->
 
 
 def run_child(args: list[str]) -> tuple[dict, dict[str, float], float]:
-    """Run this script as a child (``--child ...``); its JSON answer, peak GiB, seconds.
-    (vs_als.run_child runs vs_als.py itself, so it cannot be reused as it is.)"""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = f.name
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, *args, "--out", out])
-    mem = PeakMemory(proc.pid)
-    code = proc.wait()
-    peak = mem.stop()
-    seconds = time.perf_counter() - started
-    if code != 0:
-        raise SystemExit(f"child {' '.join(args)} failed with exit code {code}")
-    answer = json.loads(Path(out).read_text())
-    os.unlink(out)
-    return answer, peak, seconds
+    """Run this script as a child (``--child ...``): :func:`vs_als.run_child`."""
+    return vs_als_run_child(args, script=__file__)
 
 
 def best(runs: list[dict]) -> dict | None:

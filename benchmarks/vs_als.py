@@ -200,12 +200,13 @@ class PeakMemory:
         return {k: round(v / 2**30, 2) for k, v in sorted(self.peak.items())}
 
 
-def run_child(args: list[str]) -> tuple[dict, dict[str, float], float]:
-    """Run this script as a child (``--child ...``); its JSON answer, peak GiB, seconds."""
+def run_child(args: list[str], script: str = __file__) -> tuple[dict, dict[str, float], float]:
+    """Run ``script`` (this one by default) as a child (``--child ...``); its JSON answer,
+    peak GiB, seconds."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, *args, "--out", out])
+    proc = subprocess.Popen([sys.executable, script, *args, "--out", out])
     mem = PeakMemory(proc.pid)
     code = proc.wait()
     peak = mem.stop()
