@@ -22,6 +22,7 @@ from spark_cf.schema import (
     MODEL,
     PREDICTIONS,
     QUARANTINE,
+    RANKING_MODEL,
     TOP_N,
     USER_FACTORS,
 )
@@ -36,15 +37,14 @@ def main(argv=None) -> int:
         finally:
             spark.stop()
         print(f"published: {outcome.path}")
-        for table in (
-            f"{MODEL}/{USER_FACTORS}",
-            f"{MODEL}/{ITEM_FACTORS}",
-            PREDICTIONS,
-            TOP_N,
-            QUARANTINE,
-        ):
-            print(f"  {table:<20} {outcome.path}/{table}")
-        print(f"  {'metrics':<20} {outcome.path}/{METRICS}")
+        m = outcome.metrics
+        models = [MODEL] * (m["training"] is not None)  # none for interaction data
+        models += [RANKING_MODEL] * (m["training_ranking"] is not None)
+        tables = [f"{name}/{part}" for name in models for part in (USER_FACTORS, ITEM_FACTORS)]
+        tables += [PREDICTIONS] * (m["training"] is not None) + [TOP_N, QUARANTINE]
+        for table in tables:
+            print(f"  {table:<26} {outcome.path}/{table}")
+        print(f"  {'metrics':<26} {outcome.path}/{METRICS}")
         if outcome.table:
             print()
             print(f"held-out evaluation (k = {outcome.metrics['evaluation_k']}):")
