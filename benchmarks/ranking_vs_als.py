@@ -62,12 +62,12 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from vs_als import (  # noqa: E402
-    HOLDOUT,
     RANK,
     REAL,
     RESULTS,
     ROOT,
     SEED,
+    _prepared,
     _session,
     dataset_path,
     machine,
@@ -107,17 +107,8 @@ def ranking_available() -> bool:
 
 
 def _split(spark, path: str, *, mean_normalization: bool, biases: bool):
-    from spark_cf.data.prepare import prepare
-
-    df = spark.read.parquet(path).select("user_id", "item_id", "rating")
-    return prepare(
-        df,
-        holdout_fraction=HOLDOUT,
-        split="random",
-        seed=SEED,
-        mean_normalization=mean_normalization,
-        biases=biases,
-    )
+    """vs_als.py's split (:func:`vs_als._prepared`), so both benchmarks hold out the same."""
+    return _prepared(spark, path, biases, mean_normalization)
 
 
 class Split:

@@ -227,7 +227,8 @@ def _session(name: str):
     return build_session("local[2]", f"spark-cf-bench-{name}", SPARK_CONF)
 
 
-def _prepared(spark, path: str, biases: bool):
+def _prepared(spark, path: str, biases: bool, mean_normalization: bool = True):
+    """The benchmark's one split of ``path`` (seeded, HOLDOUT held out)."""
     from spark_cf.data.prepare import prepare
 
     df = spark.read.parquet(path).select("user_id", "item_id", "rating")
@@ -236,7 +237,7 @@ def _prepared(spark, path: str, biases: bool):
         holdout_fraction=HOLDOUT,
         split="random",
         seed=SEED,
-        mean_normalization=True,
+        mean_normalization=mean_normalization,
         biases=biases,
     )
 
