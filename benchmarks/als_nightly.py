@@ -27,7 +27,7 @@ from spark_cf.schema import IS_VAL, ITEM, ITEM_IDX, RATING, USER, USER_IDX
 from spark_cf.session import build_session
 
 
-def run(spark, cfg, reg: float, pub: Publication) -> str:
+def run(spark, cfg, reg: float, pub: Publication, iterations: int = 10) -> str:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     final, staged = pub.path, pub.staging
@@ -38,7 +38,7 @@ def run(spark, cfg, reg: float, pub: Publication) -> str:
     with stage("train", timings):
         als = ALS(
             rank=cfg.model.rank,
-            maxIter=10,
+            maxIter=iterations,
             regParam=reg,
             userCol=USER_IDX,
             itemCol=ITEM_IDX,
@@ -96,13 +96,14 @@ def run(spark, cfg, reg: float, pub: Publication) -> str:
 def main(argv=None) -> int:
     def extra(parser):
         parser.add_argument("--als-reg", type=float, default=0.1)
+        parser.add_argument("--als-iterations", type=int, default=10)
 
     def body(args, cfg) -> int:
         spark = build_session(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
         final = f"{cfg.output.root.rstrip('/')}/run_date={run_date(cfg)}"
         try:
             with Publication(spark, final) as pub:
-                run(spark, cfg, args.als_reg, pub)
+                run(spark, cfg, args.als_reg, pub, args.als_iterations)
         finally:
             spark.stop()
         return cli.EXIT_OK

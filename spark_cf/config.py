@@ -25,8 +25,11 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from spark_cf.errors import ConfigError
+from spark_cf.training.optimizers import LBFGS_PRECONDITIONERS
 
 OPTIMIZERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
+#: model.reg's value that chooses the regularisation from model.reg_grid
+AUTO = "auto"
 DUPLICATE_POLICIES = ("latest", "mean", "sum", "error")
 FEEDBACK_KINDS = ("ratings", "interactions")
 SPLITS = ("random", "time")
@@ -62,7 +65,8 @@ class InputConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     rank: int = 10
-    reg: float = 10.0
+    reg: float | str = AUTO
+    reg_grid: tuple[float, ...] = (2.5, 5.0, 10.0, 20.0, 40.0)
     mean_normalization: bool = True
     biases: bool = False
     init_scale: float = 0.1
@@ -85,7 +89,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     lbfgs_memory: int = 10
-    lbfgs_precondition: bool = False
+    lbfgs_precondition: str = "curvature"
     divergence_patience: int = 3
     warm_start: str = ""
 
@@ -196,6 +200,12 @@ def _coerce(key: str, expected: Any, value: Any) -> Any:
         if not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
+    if expected == float | str:  # model.reg: a number or "auto"
+        if isinstance(value, str):
+            if value != AUTO:
+                raise ConfigError(f'{key} must be a number or "{AUTO}", got {value!r}')
+            return value
+        return _coerce(key, float, value)
     if expected is str:
         if isinstance(value, (datetime.date, datetime.datetime)):
             value = value.isoformat()  # --set output.run_date=2026-11-23 is a TOML date
@@ -264,7 +274,17 @@ def _validate(cfg: Config) -> None:
         i.duplicates,
     )
     _check(m.rank >= 1, "model.rank", "must be >= 1", m.rank)
-    _check(m.reg >= 0, "model.reg", "must be >= 0", m.reg)
+    _check(m.reg == AUTO or m.reg >= 0, "model.reg", f'must be >= 0 or "{AUTO}"', m.reg)
+    _check(
+        bool(m.reg_grid)
+        and all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r >= 0
+            for r in m.reg_grid
+        ),
+        "model.reg_grid",
+        "must be a non-empty list of numbers >= 0",
+        list(m.reg_grid),
+    )
     _check(m.init_scale > 0, "model.init_scale", "must be > 0", m.init_scale)
     _check(m.seed >= 0, "model.seed", "must be >= 0", m.seed)
     rk = cfg.ranking
@@ -284,6 +304,12 @@ def _validate(cfg: Config) -> None:
         "train.optimizer",
         f"must be one of {', '.join(OPTIMIZERS)}",
         t.optimizer,
+    )
+    _check(
+        t.lbfgs_precondition in LBFGS_PRECONDITIONERS,
+        "train.lbfgs_precondition",
+        f"must be one of {', '.join(LBFGS_PRECONDITIONERS)}",
+        t.lbfgs_precondition,
     )
     _check(t.learning_rate > 0, "train.learning_rate", "must be > 0", t.learning_rate)
     _check(t.max_iter >= 1, "train.max_iter", "must be >= 1", t.max_iter)
@@ -330,6 +356,13 @@ def _validate(cfg: Config) -> None:
         "train.divergence_patience",
         "must be >= 1",
         t.divergence_patience,
+    )
+    _check(
+        not (m.reg == AUTO and e.holdout_fraction == 0),
+        "model.reg",
+        'is "auto", which chooses on the held-out ratings: set evaluate.holdout_fraction '
+        "> 0 or give model.reg a number",
+        m.reg,
     )
     _check(
         0 <= e.holdout_fraction < 1,
@@ -478,6 +511,7 @@ def fit_arguments(cfg: Config, *, ranking: bool = False) -> dict[str, Any]:
     args = {
         "rank": m.rank,
         "reg_param": m.reg,
+        "reg_grid": tuple(float(r) for r in m.reg_grid),
         "biases": m.biases,
         "init_scale": m.init_scale,
         "seed": m.seed,

@@ -12,13 +12,12 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from shared_evaluations import SharedEvaluations
-
 from spark_cf.config import Config
 from spark_cf.data.prepare import prepare
 from spark_cf.reference.verify import verify
 from spark_cf.training.blocks import BlockedRatings
 from spark_cf.training.params import Layout
+from spark_cf.training.shared import SharedEvaluations
 
 GRIDS = [(1, 1), (2, 3), (4, 4)]
 #: The grids make test runs: one block, and an uneven multi-block grid. (4, 4) adds more
@@ -49,7 +48,7 @@ def run_matrix(ratings_df, grids: list[tuple[int, int]] = GRIDS) -> list[dict]:
 
     For each variant and grid the ratings are blocked once, and the five optimisers train
     side by side in driver threads, sharing one Spark job per round of evaluations
-    (:class:`~spark_cf.training.blocks.SharedEvaluations`): 6 job sequences instead of 30.
+    (:class:`~spark_cf.training.shared.SharedEvaluations`): 6 job sequences instead of 30.
     """
     rows = []
     for biases in VARIANTS:
@@ -72,7 +71,8 @@ def run_matrix(ratings_df, grids: list[tuple[int, int]] = GRIDS) -> list[dict]:
             )
             cfg0 = matrix_config("gd", biases, grid)
             layout = Layout(data.index.num_items, data.index.num_users, cfg0.model.rank, biases)
-            shared = SharedEvaluations(blocks.objective(layout, cfg0.model.reg), len(OPTIMIZERS))
+            objective = blocks.objective(layout, cfg0.model.reg, curvature=True)
+            shared = SharedEvaluations(objective, len(OPTIMIZERS))
 
             def run(optimizer, data=data, biases=biases, grid=grid, blocks=blocks, shared=shared):
                 try:

@@ -408,10 +408,10 @@ def test_blocks_from_the_worker_cache_or_from_spark_give_the_same_bits(ratings):
 def test_preconditioned_lbfgs_on_spark_follows_the_reference(small_data):
     from spark_cf.reference.verify import reference_for
 
-    cfg = small_config(optimizer="lbfgs", lbfgs_precondition=True, max_iter=25)
+    cfg = small_config(optimizer="lbfgs", lbfgs_precondition="counts", max_iter=25)
     model, result = train_with_config(small_data, cfg)
     reference, layout = reference_for(small_data, cfg)
-    plain_cfg = small_config(optimizer="lbfgs", max_iter=25)
+    plain_cfg = small_config(optimizer="lbfgs", lbfgs_precondition="none", max_iter=25)
     _, plain = train_with_config(small_data, plain_cfg)
     # the preconditioner changes the path: the plain run lands elsewhere
     assert abs(plain.final_cost - result.final_cost) > 1e-6 * result.final_cost

@@ -172,6 +172,60 @@ def test_a_grid_of_blocks_adds_up_to_the_reference_over_all_ratings(biases):
     np.testing.assert_allclose(grad, want, rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.parametrize("biases", [False, True])
+@pytest.mark.parametrize("objective", ["ratings", "ranking"])
+def test_the_blocks_curvature_plus_the_driver_terms_equals_the_references_diagonal(
+    objective, biases
+):
+    """The kernel's per-block curvature (summed over an uneven grid), plus what the driver
+    adds (the all-pairs Gramians' diagonals for the ranking objective, reg), equals the
+    NumPy reference's Gauss-Newton diagonal (bincount / dense form)."""
+    from spark_cf.reference.numpy_cf import curvature_diagonal
+    from spark_cf.training.objective import CostSpec, add_rows_curvature, all_pairs_curvature
+
+    rng = np.random.default_rng(21)
+    num_users, num_items, rank, reg = 40, 27, 3, 0.4
+    users, items, y, is_val = random_ratings(rng, num_users, num_items, 0.3, 0.2)
+    cost = CostSpec(objective, 0.7)
+    if cost.ranking:
+        y = np.abs(y) + 0.5  # raw positive values
+    layout = Layout(num_items, num_users, rank, biases)
+    w = initial_parameters(layout, init_scale=0.8, seed=6)
+    biases_of = (layout.item_bias(w), layout.user_bias(w)) if biases else ()
+    got = np.zeros(layout.size)
+    u_cuts, i_cuts = [0, 17, 40], [0, 5, 27]
+    for bu in range(2):
+        for bi in range(2):
+            p = payload_of(
+                users,
+                items,
+                y,
+                is_val,
+                user_range=(u_cuts[bu], u_cuts[bu + 1]),
+                item_range=(i_cuts[bi], i_cuts[bi + 1]),
+            )
+            r = block_gradients(
+                Block(p), layout.X(w), layout.Theta(w), *biases_of, cost=cost, curvature=True
+            )
+            us, ue, is_, ie = u_cuts[bu], u_cuts[bu + 1], i_cuts[bi], i_cuts[bi + 1]
+            layout.X(got)[is_:ie] += r.c_item_factors
+            layout.Theta(got)[us:ue] += r.c_user_factors
+            if biases:
+                layout.item_bias(got)[is_:ie] += r.c_item_bias
+                layout.user_bias(got)[us:ue] += r.c_user_bias
+            else:
+                assert r.c_item_bias is None and r.c_user_bias is None
+    if cost.ranking:
+        add_rows_curvature(layout, got, *all_pairs_curvature(layout.X(w), layout.Theta(w), biases))
+    got += reg
+    train = ~is_val
+    want = curvature_diagonal(layout, w, items[train], users[train], y[train], reg, cost)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # without curvature=True the block computes none
+    plain = block_gradients(Block(p), layout.X(w), layout.Theta(w), *biases_of, cost=cost)
+    assert plain.c_item_factors is None and plain.c_user_factors is None
+
+
 def test_an_empty_block_adds_nothing():
     layout = Layout(5, 4, 2)
     w = initial_parameters(layout, init_scale=1.0, seed=0)

@@ -130,8 +130,9 @@ def test_verify_with_the_default_optimiser_judges_predictions_not_factors(spark,
 
     path = tmp_path / "ratings.parquet"
     write_parquet(SyntheticSpec(num_users=60, num_items=40, num_ratings=900, seed=8), str(path))
-    cfg = Config().replace(input={"path": str(path)}, train={"max_iter": 30})
+    cfg = Config().replace(input={"path": str(path)}, model={"reg": 10.0}, train={"max_iter": 30})
     assert cfg.train.optimizer == "lbfgs"  # the default
+    assert cfg.train.lbfgs_precondition == "curvature"  # the default
     ingested, data = ingest_and_prepare(spark, cfg, {})
     report = verify(data, cfg)
     ingested.unpersist()
@@ -139,3 +140,4 @@ def test_verify_with_the_default_optimiser_judges_predictions_not_factors(spark,
     assert report.ok, report.lines()
     assert report.rms_prediction <= LBFGS_PREDICTION_TOLERANCE
     assert max(report.lockstep_rel_cost, report.lockstep_rel_grad) <= 1e-9
+    assert report.lockstep_rel_curvature <= 1e-9

@@ -23,7 +23,14 @@ from spark_cf.data.prepare import prepare
 from spark_cf.data.validation import canonical, check_schema, resolve_duplicates, tag_reasons
 from spark_cf.errors import InputError, SchemaError
 from spark_cf.ml.model import SparkCFModel, SparkCFTrainingSummary
-from spark_cf.ml.params import COLUMN_KEYS, CONFIG_KEYS, SparkCFParams, add_accessors, rename_keys
+from spark_cf.ml.params import (
+    COLUMN_KEYS,
+    CONFIG_KEYS,
+    DEFAULT_REG_PARAM,
+    SparkCFParams,
+    add_accessors,
+    rename_keys,
+)
 from spark_cf.schema import REASON
 from spark_cf.training.fit import fit, warn_reg
 
@@ -118,7 +125,7 @@ class SparkCF(Estimator, SparkCFParams, MLWritable, MLReadable):
         *,
         rank: int = _M.rank,
         maxIter: int = _T.max_iter,  # noqa: N803 - ALS's names
-        regParam: float = _M.reg,  # noqa: N803
+        regParam: float = DEFAULT_REG_PARAM,  # noqa: N803
         userCol: str = _I.user_col,  # noqa: N803
         itemCol: str = _I.item_col,  # noqa: N803
         ratingCol: str = _I.rating_col,  # noqa: N803
@@ -146,7 +153,7 @@ class SparkCF(Estimator, SparkCFParams, MLWritable, MLReadable):
         *,
         rank: int = _M.rank,
         maxIter: int = _T.max_iter,  # noqa: N803
-        regParam: float = _M.reg,  # noqa: N803
+        regParam: float = DEFAULT_REG_PARAM,  # noqa: N803
         userCol: str = _I.user_col,  # noqa: N803
         itemCol: str = _I.item_col,  # noqa: N803
         ratingCol: str = _I.rating_col,  # noqa: N803

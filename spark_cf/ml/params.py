@@ -24,6 +24,11 @@ from spark_cf.config import (
 from spark_cf.errors import ConfigError
 from spark_cf.training.objective import OBJECTIVES
 
+#: regParam's default, the one Param whose default is not its key's: model.reg = "auto"
+#: chooses on the nightly job's held-out split, and the Estimator fits every row it is
+#: given (tune regParam with CrossValidator)
+DEFAULT_REG_PARAM = 10.0
+
 #: The training Params and the config key each stands for (its rules, its default).
 CONFIG_KEYS: dict[str, str] = {
     "rank": "model.rank",
@@ -241,7 +246,12 @@ class SparkCFParams(SparkCFModelParams):
         self._setDefault(
             ratingCol=InputConfig.rating_col,
             objective="ratings",
-            **{param: _config_default(key) for param, key in CONFIG_KEYS.items()},
+            regParam=DEFAULT_REG_PARAM,
+            **{
+                param: _config_default(key)
+                for param, key in CONFIG_KEYS.items()
+                if param != "regParam"
+            },
         )
 
     def settings_of(self) -> tuple[Config, dict[str, Any]]:

@@ -22,7 +22,7 @@ from typing import Any
 from pyspark.sql import functions as F
 
 from spark_cf import storage
-from spark_cf.config import Config, fit_arguments
+from spark_cf.config import AUTO, Config, fit_arguments
 from spark_cf.data.ingest import IngestResult, ingest
 from spark_cf.data.prepare import TrainingData, prepare
 from spark_cf.errors import ConfigError
@@ -159,8 +159,8 @@ def train_with_config(data: TrainingData, cfg: Config, **extra: Any):
             "train.warm_start = 'latest' is resolved by the nightly job only; give the "
             "model folder of an earlier run, e.g. output/run_date=2026-11-24/model"
         )
-    initial = None
-    if cfg.train.warm_start:
+    initial = extra.pop("initial_model", None)
+    if initial is None and cfg.train.warm_start:
         initial = load_model(data.ratings.sparkSession, cfg.train.warm_start)
         log.info("warm start from %s", cfg.train.warm_start)
     checkpointer = from_train_config(cfg.train)
@@ -169,9 +169,9 @@ def train_with_config(data: TrainingData, cfg: Config, **extra: Any):
     )
 
 
-def _train(data: TrainingData, cfg: Config, timings: dict[str, float], name: str):
+def _train(data: TrainingData, cfg: Config, timings: dict[str, float], name: str, **extra: Any):
     with stage(name, timings):
-        return train_with_config(data, cfg)
+        return train_with_config(data, cfg, **extra)
 
 
 def train_ranking(data: TrainingData, cfg: Config, **extra: Any):
@@ -190,13 +190,17 @@ def train_ranking(data: TrainingData, cfg: Config, **extra: Any):
 
 def _history(result: TrainResult) -> dict[str, Any]:
     """A training run as ``metrics.json`` records it."""
-    return {
+    record = {
         "history": result.history,
         "iterations": result.iterations,
         "stop_reason": result.stop_reason,
         "evaluations": result.evaluations,
         "seconds": round(result.seconds, 3),
+        "reg": result.extra.get("reg"),
     }
+    if "reg_grid" in result.extra:  # model.reg = "auto": every value tried, and the choice
+        record["reg_grid"] = result.extra["reg_grid"]
+    return record
 
 
 def _refit_summary(result: TrainResult) -> dict[str, Any]:
@@ -253,7 +257,8 @@ def model_metadata(
         "objective": "ranking" if ranking else "ratings",
         "alpha": cfg.ranking.alpha if ranking else None,
         "rank": section.rank,
-        "reg": section.reg,
+        "reg": result.extra.get("reg", section.reg),
+        "reg_auto": section.reg == AUTO,
         "optimizer": cfg.train.optimizer,
         "iterations": result.iterations,
         "final_cost": result.final_cost,
@@ -354,7 +359,12 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                     train={"checkpoint_dir": f"{cfg.train.checkpoint_dir.rstrip('/')}/refit"}
                 )
             if model is not None:
-                model, result = _train(final_data, refit_cfg, timings, "refit")
+                # "auto": the refit takes the chosen reg, from the chosen model (warm)
+                warm = {}
+                if cfg.model.reg == AUTO:
+                    refit_cfg = refit_cfg.replace(model={"reg": result.extra["reg"]})
+                    warm = {"initial_model": model}
+                model, result = _train(final_data, refit_cfg, timings, "refit", **warm)
                 history["refit"] = _refit_summary(result)
             if ranker is not None:
                 with stage("refit_ranking", timings):

@@ -147,6 +147,41 @@ def ranking_cost_and_gradients(
     return J, dX, dTheta, -E.sum(axis=1) + reg * item_bias, -E.sum(axis=0) + reg * user_bias
 
 
+def curvature_diagonal(
+    layout: Layout,
+    w: np.ndarray,
+    item_idx: np.ndarray,
+    user_idx: np.ndarray,
+    r: np.ndarray,
+    reg: float,
+    cost: CostSpec,
+) -> np.ndarray:
+    """The diagonal of the Gauss-Newton curvature at ``w``, laid out like ``w``.
+
+    The ratings objective: item i's feature f gets ``sum_{u rated i} theta_uf^2 + reg``,
+    user u's ``sum_{i rated by u} x_if^2 + reg``, each bias its number of ratings
+    ``+ reg``. The ranking one, dense over all pairs with the confidences ``C``
+    (``1 + alpha r`` on the rated pairs, 1 elsewhere): ``C Theta^2``, ``C^T X^2`` and
+    the row and column sums of ``C`` for the biases, ``+ reg``.
+    """
+    X, Theta = layout.X(w), layout.Theta(w)
+    item_idx = np.asarray(item_idx, dtype=np.int64)
+    user_idx = np.asarray(user_idx, dtype=np.int64)
+    if cost.ranking:
+        C = np.ones((layout.num_items, layout.num_users))
+        C[item_idx, user_idx] += cost.alpha * np.asarray(r, dtype=np.float64)
+        cX, cT = C @ (Theta * Theta), C.T @ (X * X)
+        cbi, cbu = C.sum(axis=1), C.sum(axis=0)
+    else:
+        cX = _segment_sums(item_idx, Theta[user_idx] ** 2, layout.num_items)
+        cT = _segment_sums(user_idx, X[item_idx] ** 2, layout.num_users)
+        cbi = np.bincount(item_idx, minlength=layout.num_items).astype(np.float64)
+        cbu = np.bincount(user_idx, minlength=layout.num_users).astype(np.float64)
+    if not layout.biases:
+        cbi = cbu = None
+    return layout.pack(cX, cT, cbi, cbu) + reg
+
+
 def predict(
     layout: Layout,
     w: np.ndarray,
@@ -214,8 +249,11 @@ class ReferenceObjective:
         *,
         objective: str = RATINGS,
         alpha: float = 1.0,
+        curvature: bool = False,
     ) -> None:
         self.cost = CostSpec(objective, alpha)
+        #: whether each evaluation also returns the curvature's diagonal
+        self.curvature = curvature
         self.layout = layout
         self.item_idx = np.asarray(item_idx, dtype=np.int64)
         self.user_idx = np.asarray(user_idx, dtype=np.int64)
@@ -253,7 +291,12 @@ class ReferenceObjective:
             vi, vu, vy = self.validation
             verr = predict(L, w, vi, vu) - self._target(vy)
             val_sse, val_count = float(verr @ verr), len(vy)
-        return Evaluation(J, grad, float(err @ err), len(self.y), val_sse, val_count)
+        curv = None
+        if self.curvature:
+            curv = curvature_diagonal(
+                L, w, self.item_idx, self.user_idx, self.y, self.reg, self.cost
+            )
+        return Evaluation(J, grad, float(err @ err), len(self.y), val_sse, val_count, curv)
 
     def _target(self, y: np.ndarray) -> np.ndarray:
         """What the history's errors are measured against: the ratings, or for the ranking
@@ -308,9 +351,6 @@ def train_reference(
     if validation is not None:
         vi, vu, vy = validation
         val = (vi, vu, np.asarray(vy, dtype=np.float64) - norm.offsets(vi))
-    f = ReferenceObjective(
-        layout, item_idx, user_idx, y_norm, reg, val, objective=cost.objective, alpha=cost.alpha
-    )
     w0 = initial_parameters(layout, init_scale=init_scale, seed=seed)
     counts = (
         np.bincount(item_idx, minlength=num_items),
@@ -321,6 +361,17 @@ def train_reference(
         settings or OptimizerSettings(),
         layout.size,
         row_preconditioner(layout, *counts),
+    )
+    f = ReferenceObjective(
+        layout,
+        item_idx,
+        user_idx,
+        y_norm,
+        reg,
+        val,
+        objective=cost.objective,
+        alpha=cost.alpha,
+        curvature=opt.needs_curvature,
     )
     fingerprint = fingerprint_of(
         {

@@ -37,7 +37,13 @@ from pyspark.sql import functions as F
 from spark_cf.model.normalization import Normalization
 from spark_cf.schema import IS_VAL, ITEM_IDX, RATING, USER_IDX
 from spark_cf.training import kernel
-from spark_cf.training.objective import RATINGS_COST, CostSpec, all_pairs_term
+from spark_cf.training.objective import (
+    RATINGS_COST,
+    CostSpec,
+    add_rows_curvature,
+    all_pairs_curvature,
+    all_pairs_term,
+)
 from spark_cf.training.optimizers import Evaluation
 from spark_cf.training.params import Layout
 
@@ -252,10 +258,19 @@ class BlockedRatings:
             partitions,
         )
 
-    def objective(self, layout: Layout, reg: float, cost: CostSpec = RATINGS_COST):
+    def objective(
+        self,
+        layout: Layout,
+        reg: float,
+        cost: CostSpec = RATINGS_COST,
+        *,
+        curvature: bool = False,
+    ):
         """``f(w) -> Evaluation``: one Spark job over the cached blocks. ``cost`` chooses
-        the objective (and the ranking one's ``alpha``): one set of blocks serves several."""
-        return SparkObjective(self, layout, reg, cost)
+        the objective (and the ranking one's ``alpha``): one set of blocks serves several.
+        ``curvature``: each evaluation also returns the diagonal of the Gauss-Newton
+        curvature (``Evaluation.curvature``; L-BFGS's preconditioner)."""
+        return SparkObjective(self, layout, reg, cost, curvature=curvature)
 
     def unpersist(self) -> None:
         """Drop the cached blocks, and (best effort: the workers this job reaches) the
@@ -286,6 +301,8 @@ class SparkObjective:
         layout: Layout,
         reg: float,
         cost: CostSpec = RATINGS_COST,
+        *,
+        curvature: bool = False,
     ) -> None:
         if (layout.num_users, layout.num_items) != (blocks.num_users, blocks.num_items):
             raise ValueError("layout sizes differ from the blocked ratings")
@@ -299,6 +316,7 @@ class SparkObjective:
         self.layout = layout
         self.reg = float(reg)
         self.cost = cost
+        self.curvature = curvature
         #: evaluations that had to send some blocks from Spark's cache to a Python worker
         self.payload_jobs = 0
         self._miss_streak = 0
@@ -307,17 +325,24 @@ class SparkObjective:
     def __call__(self, w: np.ndarray) -> Evaluation:
         return self.evaluate_many([w])[0]
 
-    def evaluate_many(self, points: Sequence[np.ndarray]) -> list[Evaluation]:
-        """Evaluate several parameter vectors in one Spark job (one pass over the blocks)."""
+    def evaluate_many(
+        self, points: Sequence[np.ndarray], regs: Sequence[float | None] | None = None
+    ) -> list[Evaluation]:
+        """Evaluate several parameter vectors in one Spark job (one pass over the blocks);
+        ``regs``: each point's regularisation (None: this objective's)."""
         layout = self.layout
         cost = self.cost
+        curv = self.curvature
         blocks = self.blocks
         key = blocks.key
         bc = blocks.sc.broadcast(list(points))
 
         def from_payloads(payloads):
             return [
-                (p.block_id, [kernel.block_gradients_flat(p, w, layout, cost) for w in bc.value])
+                (
+                    p.block_id,
+                    [kernel.block_gradients_flat(p, w, layout, cost, curv) for w in bc.value],
+                )
                 for p in payloads
             ]
 
@@ -333,7 +358,7 @@ class SparkObjective:
                 # evaluates the blocks it has prepared before (kernel.cached_gradients).
                 def from_cache(ids):
                     return [
-                        (bid, kernel.cached_gradients(key, bid, bc.value, layout, cost))
+                        (bid, kernel.cached_gradients(key, bid, bc.value, layout, cost, curv))
                         for bid in ids
                     ]
 
@@ -354,17 +379,22 @@ class SparkObjective:
         per_block = [by_block[bid] for bid in sorted(by_block)]
         if len(per_block) != len(blocks.block_sizes):
             raise RuntimeError(f"{len(per_block)} of {len(blocks.block_sizes)} blocks evaluated")
+        regs = list(regs) if regs is not None else [None] * len(points)
         return [
-            self._assemble(w, [results[k] for results in per_block]) for k, w in enumerate(points)
+            self._assemble(w, [results[k] for results in per_block], regs[k])
+            for k, w in enumerate(points)
         ]
 
-    def _assemble(self, w: np.ndarray, results: list[kernel.BlockResult]) -> Evaluation:
+    def _assemble(
+        self, w: np.ndarray, results: list[kernel.BlockResult], reg: float | None = None
+    ) -> Evaluation:
         """Add the blocks' partial sums in block order, then (ranking objective) the term
         over all pairs, then the regularisation."""
         layout = self.layout
         grad = np.zeros(layout.size)
         dX, dTheta = layout.X(grad), layout.Theta(grad)
         dbi, dbu = layout.item_bias(grad), layout.user_bias(grad)
+        curv = np.zeros(layout.size) if self.curvature else None
         loss = sse = val_sse = 0.0
         count = val_count = 0
         for r in results:
@@ -374,6 +404,12 @@ class SparkObjective:
             if layout.biases:
                 dbi[is_:ie] += r.d_item_bias
                 dbu[us:ue] += r.d_user_bias
+            if curv is not None:
+                layout.X(curv)[is_:ie] += r.c_item_factors
+                layout.Theta(curv)[us:ue] += r.c_user_factors
+                if layout.biases:
+                    layout.item_bias(curv)[is_:ie] += r.c_item_bias
+                    layout.user_bias(curv)[us:ue] += r.c_user_bias
             loss += r.loss
             sse += r.sse
             count += r.count
@@ -391,9 +427,16 @@ class SparkObjective:
             if layout.biases:
                 dbi += pairs_dbi
                 dbu += pairs_dbu
-        cost += 0.5 * self.reg * float(w @ w)
-        grad += self.reg * w
-        return Evaluation(cost, grad, sse, count, val_sse, val_count)
+            if curv is not None:
+                add_rows_curvature(
+                    layout, curv, *all_pairs_curvature(layout.X(w), layout.Theta(w), layout.biases)
+                )
+        reg = self.reg if reg is None else float(reg)
+        cost += 0.5 * reg * float(w @ w)
+        grad += reg * w
+        if curv is not None:
+            curv += reg
+        return Evaluation(cost, grad, sse, count, val_sse, val_count, curv)
 
     def _ranges(self, block_id: int) -> tuple[tuple[int, int], tuple[int, int]]:
         b = self.blocks

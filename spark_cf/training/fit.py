@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from spark_cf.config import ModelConfig, TrainConfig
+from spark_cf.config import AUTO, ModelConfig, TrainConfig
 from spark_cf.data.indexing import IdIndex
 from spark_cf.data.prepare import TrainingData
 from spark_cf.model.cf_model import CFModel
@@ -24,8 +26,9 @@ from spark_cf.model.normalization import Normalization
 from spark_cf.training.blocks import BlockedRatings, choose_blocks
 from spark_cf.training.loop import Checkpointing, TrainResult, fingerprint_of, minimize
 from spark_cf.training.objective import RATINGS, CostSpec
-from spark_cf.training.optimizers import OptimizerSettings, make_optimizer
+from spark_cf.training.optimizers import OptimizerSettings, make_optimizer, needs_curvature
 from spark_cf.training.params import Layout, initial_parameters, row_preconditioner
+from spark_cf.training.shared import SharedEvaluations
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,8 @@ def fit(
     data: TrainingData,
     *,
     rank: int = _M.rank,
-    reg_param: float = _M.reg,
+    reg_param: float | str = _M.reg,
+    reg_grid: Sequence[float] = _M.reg_grid,
     max_iter: int = _T.max_iter,
     tol: float = _T.tol,
     seed: int = _M.seed,
@@ -61,7 +65,7 @@ def fit(
     adam_beta2: float = _T.adam_beta2,
     adam_epsilon: float = _T.adam_epsilon,
     lbfgs_memory: int = _T.lbfgs_memory,
-    lbfgs_precondition: bool = _T.lbfgs_precondition,
+    lbfgs_precondition: str = _T.lbfgs_precondition,
     divergence_patience: int = _T.divergence_patience,
     initial_model: CFModel | None = None,
     checkpointer: Checkpointing | None = None,
@@ -85,7 +89,15 @@ def fit(
         (``mean_normalization``) was chosen there, with the same ``biases``.
     rank, reg_param, biases, init_scale, seed
         The model: ``reg_param`` is lambda on the summed cost (``model.reg``), not ALS's
-        per-rating ``regParam``.
+        per-rating ``regParam``, or ``"auto"``: see ``reg_grid``.
+    reg_grid
+        With ``reg_param="auto"`` (``model.reg_grid``): one model is trained for each of
+        these values, side by side in the same Spark jobs (each evaluation of the blocks
+        serves every value: the regularisation is added on the driver), and the one with
+        the lowest held-out RMSE at its last iterate is returned. Its
+        ``TrainResult.extra`` records ``reg`` (the choice) and ``reg_grid`` (each value's
+        held-out RMSE, iterations and stop reason). Needs held-out ratings in ``data``;
+        each model checkpoints in ``<checkpointer.directory>/reg=<value>``.
     max_iter, tol, optimizer, learning_rate, momentum, adam_beta1, adam_beta2, adam_epsilon,
     lbfgs_memory, lbfgs_precondition, divergence_patience
         The optimiser and the stopping rules (``[train]``).
@@ -122,40 +134,31 @@ def fit(
     -------
     (CFModel, TrainResult)
         The model on the driver and the run with its history; ``TrainResult.extra`` holds
-        ``blocks``, ``objective`` and ``alpha``.
+        ``blocks``, ``objective``, ``alpha`` and ``reg``.
 
     Raises
     ------
     ValueError
         ``objective`` is unknown, ``alpha`` is negative, or ``blocks`` of a ranking fit
         subtracted a normalisation
-        (checked by :class:`~spark_cf.training.blocks.SparkObjective`).
+        (checked by :class:`~spark_cf.training.blocks.SparkObjective`); ``"auto"``
+        without held-out ratings or with an empty grid.
     ModelError
         ``initial_model`` has another rank.
     DivergenceError, CheckpointError
         From the loop.
     """
+    if isinstance(reg_param, str):
+        arguments = {k: v for k, v in locals().items() if k not in ("data", "reg_param")}
+        if reg_param != AUTO:
+            raise ValueError(f'reg_param = {reg_param!r}: expected a number >= 0 or "auto"')
+        return _fit_reg_grid(data, **arguments)
     cost = CostSpec(objective, alpha)
-    # the ranking objective weighs raw values: nothing is subtracted
-    normalization = (
-        Normalization(np.zeros(data.index.num_items), 0.0) if cost.ranking else data.normalization
-    )
-    spark = data.ratings.sparkSession
-    cores = spark.sparkContext.defaultParallelism
-    user_blocks, item_blocks = choose_blocks(
-        data.num_train + data.num_val, num_user_blocks, num_item_blocks, cores
-    )
+    normalization = _normalization(data, cost)
     index = data.index
     owned = blocks is None
     if blocks is None:
-        blocks = BlockedRatings(
-            data.ratings,
-            num_users=index.num_users,
-            num_items=index.num_items,
-            normalization=normalization,
-            user_blocks=user_blocks,
-            item_blocks=item_blocks,
-        )
+        blocks = _block(data, cost, num_user_blocks, num_item_blocks)
     user_blocks, item_blocks = blocks.user_blocks, blocks.item_blocks
     settings = OptimizerSettings(
         learning_rate=learning_rate,
@@ -210,7 +213,7 @@ def fit(
             user_blocks,
             item_blocks,
         )
-        f = blocks.objective(layout, reg_param, cost)
+        f = blocks.objective(layout, reg_param, cost, curvature=opt.needs_curvature)
         if wrap_objective is not None:
             f = wrap_objective(f)
         result = minimize(
@@ -231,6 +234,7 @@ def fit(
     result.extra["blocks"] = [user_blocks, item_blocks]
     result.extra["objective"] = cost.objective
     result.extra["alpha"] = cost.alpha
+    result.extra["reg"] = float(reg_param)
     w = result.w
     model = CFModel(
         index=index,
@@ -242,6 +246,173 @@ def fit(
         user_bias=layout.user_bias(w).copy() if biases else None,
         item_counts=blocks.item_counts.copy(),
     )
+    return model, result
+
+
+def _normalization(data: TrainingData, cost: CostSpec) -> Normalization:
+    """What the blocks subtract: the data's normalisation, or for the ranking objective
+    (which weighs the raw values) nothing."""
+    if cost.ranking:
+        return Normalization(np.zeros(data.index.num_items), 0.0)
+    return data.normalization
+
+
+def _block(
+    data: TrainingData, cost: CostSpec, num_user_blocks: int, num_item_blocks: int
+) -> BlockedRatings:
+    """``data``'s ratings blocked and cached for ``cost`` (the grid from the settings)."""
+    cores = data.ratings.sparkSession.sparkContext.defaultParallelism
+    user_blocks, item_blocks = choose_blocks(
+        data.num_train + data.num_val, num_user_blocks, num_item_blocks, cores
+    )
+    return BlockedRatings(
+        data.ratings,
+        num_users=data.index.num_users,
+        num_items=data.index.num_items,
+        normalization=_normalization(data, cost),
+        user_blocks=user_blocks,
+        item_blocks=item_blocks,
+    )
+
+
+#: ``model.reg = "auto"``: a model of the grid stops once its held-out RMSE has stayed
+#: above its best for this many iterations in a row (it overfits: a smaller reg than the
+#: data wants), so that it does not hold the shared jobs up
+GRID_PATIENCE = 5
+
+
+class HeldOutRising:
+    """``stop_when`` for the grid: ``"held_out_not_improving"`` once the held-out RMSE has been
+    above its best so far for ``patience`` iterations in a row. It reads only its own
+    run's history, so the stop does not depend on the other runs or the threads."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best = math.inf
+        self.above = 0
+
+    def __call__(self, record: dict[str, float]) -> str | None:
+        rmse = record.get("val_rmse", math.nan)
+        if not math.isfinite(rmse):
+            return None
+        if rmse < self.best:
+            self.best, self.above = rmse, 0
+            return None
+        self.above += 1
+        return "held_out_not_improving" if self.above >= self.patience else None
+
+
+def _fit_reg_grid(
+    data: TrainingData,
+    *,
+    reg_grid: Sequence[float],
+    blocks: BlockedRatings | None,
+    checkpointer: Checkpointing | None,
+    wrap_objective: Callable | None,
+    **arguments: Any,
+) -> tuple[CFModel, TrainResult]:
+    """``fit(reg_param="auto")``: one fit per value of ``reg_grid``, in driver threads that
+    share each Spark job (:class:`~spark_cf.training.shared.SharedEvaluations`), and the
+    one with the lowest held-out RMSE at its last iterate (ties: the smaller value).
+    Each fit's trajectory is exactly what it would be alone, so the choice does not
+    depend on the threads' timing. A fit whose held-out RMSE keeps rising stops early
+    (:class:`HeldOutRising`)."""
+    grid = sorted({float(r) for r in reg_grid})
+    if not grid or any(not np.isfinite(r) or r < 0 for r in grid):
+        raise ValueError(f"reg_grid = {list(reg_grid)!r}: expected numbers >= 0, at least one")
+    if not data.num_val:
+        raise ValueError(
+            'reg_param = "auto" chooses on the held-out ratings, and there are none: hold '
+            "some out (evaluate.holdout_fraction > 0) or give a number"
+        )
+    if checkpointer is not None and not hasattr(checkpointer, "directory"):
+        raise ValueError(
+            'reg_param = "auto" checkpoints each model of the grid in a folder of its own: '
+            "give a Checkpointer (spark_cf.training.checkpoints), or a number"
+        )
+    if wrap_objective is not None:
+        raise ValueError('reg_param = "auto" cannot wrap the objective: give a number')
+    cost = CostSpec(arguments["objective"], arguments["alpha"])
+    owned = blocks is None
+    if blocks is None:
+        blocks = _block(data, cost, arguments["num_user_blocks"], arguments["num_item_blocks"])
+    settings = OptimizerSettings(
+        **{f.name: arguments[f.name] for f in dataclasses.fields(OptimizerSettings)}
+    )
+    layout = Layout(
+        data.index.num_items, data.index.num_users, arguments["rank"], arguments["biases"]
+    )
+    shared = SharedEvaluations(
+        blocks.objective(
+            layout,
+            grid[0],
+            cost,
+            curvature=needs_curvature(arguments["optimizer"], settings),
+        ),
+        len(grid),
+    )
+    log.info("model.reg = auto: training %d models side by side, reg %s", len(grid), grid)
+
+    user_stop = arguments.pop("stop_when")
+
+    def one(reg: float):
+        rising = HeldOutRising(GRID_PATIENCE)
+
+        def stop_when(record):
+            return (user_stop(record) if user_stop is not None else None) or rising(record)
+
+        own = None  # each model's checkpoints in <checkpoint_dir>/reg=<value>
+        if checkpointer is not None:
+            own = dataclasses.replace(
+                checkpointer, directory=f"{checkpointer.directory.rstrip('/')}/reg={reg:g}"
+            )
+        try:
+            return fit(
+                data,
+                reg_param=reg,
+                blocks=blocks,
+                checkpointer=own,
+                wrap_objective=lambda _f: shared.proxy(reg, reg),
+                stop_when=stop_when,
+                **arguments,
+            )
+        finally:
+            shared.done()
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(grid), thread_name_prefix="reg") as pool:
+            fits = list(pool.map(one, grid))
+    finally:
+        if owned:
+            blocks.unpersist()
+    records = []
+    for reg, (_, result) in zip(grid, fits):
+        last = result.history[-1]
+        records.append(
+            {
+                "reg": reg,
+                "val_rmse": last.get("val_rmse", float("nan")),
+                "train_rmse": last.get("train_rmse", float("nan")),
+                "iterations": result.iterations,
+                "stop_reason": result.stop_reason,
+                "final_cost": result.final_cost,
+            }
+        )
+    scores = [r["val_rmse"] if np.isfinite(r["val_rmse"]) else np.inf for r in records]
+    best = int(np.argmin(scores))
+    model, result = fits[best]
+    result.extra["reg_grid"] = records
+    result.extra["reg_auto"] = True
+    result.extra["evaluation_jobs"] = shared.jobs
+    for r in records:
+        log.info(
+            "model.reg = auto: reg %g, held-out RMSE %.4f after %d iterations (%s)%s",
+            r["reg"],
+            r["val_rmse"],
+            r["iterations"],
+            r["stop_reason"],
+            "  <- chosen" if r["reg"] == grid[best] else "",
+        )
     return model, result
 
 

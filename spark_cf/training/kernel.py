@@ -102,7 +102,12 @@ def forget(key: str) -> None:
 
 
 def cached_gradients(
-    key: str, block_id: int, points, layout, cost: CostSpec = RATINGS_COST
+    key: str,
+    block_id: int,
+    points,
+    layout,
+    cost: CostSpec = RATINGS_COST,
+    curvature: bool = False,
 ) -> list | None:
     """:func:`block_gradients_flat` at each of ``points`` for a block this process has
     prepared before, or None when it has not (the caller then sends the payload)."""
@@ -111,27 +116,27 @@ def cached_gradients(
     if block is None:
         return None
     _PREPARED.move_to_end(key)
-    return [_gradients(block, w, layout, cost) for w in points]
+    return [_gradients(block, w, layout, cost, curvature) for w in points]
 
 
-def _gradients(block: Block, w: np.ndarray, layout, cost: CostSpec) -> BlockResult:
-    if layout.biases:
-        return block_gradients(
-            block,
-            layout.X(w),
-            layout.Theta(w),
-            layout.item_bias(w),
-            layout.user_bias(w),
-            cost=cost,
-        )
-    return block_gradients(block, layout.X(w), layout.Theta(w), cost=cost)
+def _gradients(
+    block: Block, w: np.ndarray, layout, cost: CostSpec, curvature: bool = False
+) -> BlockResult:
+    biases = (layout.item_bias(w), layout.user_bias(w)) if layout.biases else ()
+    return block_gradients(
+        block, layout.X(w), layout.Theta(w), *biases, cost=cost, curvature=curvature
+    )
 
 
 def block_gradients_flat(
-    payload: BlockPayload, w: np.ndarray, layout, cost: CostSpec = RATINGS_COST
+    payload: BlockPayload,
+    w: np.ndarray,
+    layout,
+    cost: CostSpec = RATINGS_COST,
+    curvature: bool = False,
 ) -> BlockResult:
     """:func:`block_gradients` for a payload and a flat parameter vector (the Spark task)."""
-    return _gradients(prepared_block(payload), w, layout, cost)
+    return _gradients(prepared_block(payload), w, layout, cost, curvature)
 
 
 @dataclass
@@ -154,6 +159,12 @@ class BlockResult:
     d_item_bias: np.ndarray | None
     d_user_bias: np.ndarray | None
     loss: float
+    #: the block's part of the Gauss-Newton curvature's diagonal (same shapes as the
+    #: gradients), when asked for (:func:`block_gradients`'s ``curvature``); else None
+    c_item_factors: np.ndarray | None = None
+    c_user_factors: np.ndarray | None = None
+    c_item_bias: np.ndarray | None = None
+    c_user_bias: np.ndarray | None = None
 
 
 def block_gradients(
@@ -164,6 +175,7 @@ def block_gradients(
     user_bias: np.ndarray | None = None,
     *,
     cost: CostSpec = RATINGS_COST,
+    curvature: bool = False,
 ) -> BlockResult:
     """Partial data cost and gradients of ``block`` at the given parameters.
 
@@ -173,6 +185,13 @@ def block_gradients(
     is ``1/2 sum_rated [c (1 - s)^2 - s^2]`` with ``s`` the score, biases included when
     given (:func:`_ranking_gradients`), and the held-out pairs are scored against
     preference 1.
+
+    With ``curvature`` the block also adds its part of the diagonal of the Gauss-Newton
+    curvature (the ``c_*`` fields): for the ratings objective ``theta_uf^2`` to item i's
+    feature f and ``x_if^2`` to user u's, 1 to each bias, per training rating; for the
+    ranking one the same weighted by ``c - 1 = alpha r`` (the all-pairs part, the
+    Gramians' diagonals, is added on the driver:
+    :func:`spark_cf.training.objective.all_pairs_curvature`).
     """
     Xb = X[block.item_start : block.item_start + block.num_items]
     Tb = Theta[block.user_start : block.user_start + block.num_users]
@@ -187,6 +206,10 @@ def block_gradients(
     d_users = np.zeros((block.num_users, rank))
     d_ib = np.zeros(block.num_items if biased else 0)
     d_ub = np.zeros(block.num_users if biased else 0)
+    c_items = np.zeros((block.num_items, rank) if curvature else (0, rank))
+    c_users = np.zeros((block.num_users, rank) if curvature else (0, rank))
+    c_ib = np.zeros(block.num_items if biased and curvature else 0)
+    c_ub = np.zeros(block.num_users if biased and curvature else 0)
     if cost.ranking:
         loss, sse = _ranking_gradients(
             block.t_items,
@@ -201,15 +224,35 @@ def block_gradients(
             d_users,
             d_ib,
             d_ub,
+            c_items,
+            c_users,
+            c_ib,
+            c_ub,
         )
         val_sse = _squared_errors(block.v_items, block.v_users, block.v_ones, Xb, Tb, bib, bub)
     else:
         loss = sse = _fused_gradients(
-            block.t_items, block.t_users, block.t_y, Xb, Tb, bib, bub, d_items, d_users, d_ib, d_ub
+            block.t_items,
+            block.t_users,
+            block.t_y,
+            Xb,
+            Tb,
+            bib,
+            bub,
+            d_items,
+            d_users,
+            d_ib,
+            d_ub,
+            c_items,
+            c_users,
+            c_ib,
+            c_ub,
         )
         val_sse = _squared_errors(block.v_items, block.v_users, block.v_y, Xb, Tb, bib, bub)
     if not biased:
-        d_ib = d_ub = None
+        d_ib = d_ub = c_ib = c_ub = None
+    if not curvature:
+        c_items = c_users = c_ib = c_ub = None
     return BlockResult(
         block.block_id,
         sse,
@@ -221,6 +264,10 @@ def block_gradients(
         d_ib,
         d_ub,
         loss,
+        c_items,
+        c_users,
+        c_ib,
+        c_ub,
     )
 
 
@@ -250,12 +297,33 @@ def _residual(n, items, users, y, X, T, bi, bu):  # pragma: no cover
     return _score(n, items, users, X, T, bi, bu) - y[n]
 
 
+@numba.njit(cache=_CACHE, nogil=True, inline="always")
+def _add_curvature(n, items, users, weight, X, T, cX, cT, cbi, cbu):  # pragma: no cover
+    """Adds rating ``n``'s ``weight`` times its Gauss-Newton diagonal: ``theta_uf^2`` to
+    ``cX[i, f]``, ``x_if^2`` to ``cT[u, f]`` (and ``weight`` to cbi, cbu when not empty);
+    nothing when ``cX`` is empty (the curvature was not asked for)."""
+    if cX.shape[0] == 0:
+        return
+    i = items[n]
+    u = users[n]
+    for f in range(X.shape[1]):
+        cX[i, f] += weight * T[u, f] * T[u, f]
+        cT[u, f] += weight * X[i, f] * X[i, f]
+    if cbi.shape[0] > 0:
+        cbi[i] += weight
+        cbu[u] += weight
+
+
 @numba.njit(cache=_CACHE, nogil=True)
-def _fused_gradients(items, users, y, X, T, bi, bu, dX, dT, dbi, dbu):  # pragma: no cover
+def _fused_gradients(
+    items, users, y, X, T, bi, bu, dX, dT, dbi, dbu, cX, cT, cbi, cbu
+):  # pragma: no cover
     """Adds each training rating's residual terms to dX, dT (and dbi, dbu when the bias
-    arrays are not empty), in rating order; returns the sum of squared residuals."""
+    arrays are not empty), and its curvature terms to cX, cT, cbi, cbu when not empty
+    (:func:`_add_curvature`), in rating order; returns the sum of squared residuals."""
     sse = 0.0
     for n in range(y.shape[0]):
+        _add_curvature(n, items, users, 1.0, X, T, cX, cT, cbi, cbu)
         e = _residual(n, items, users, y, X, T, bi, bu)
         sse += e * e
         i = items[n]
@@ -270,15 +338,19 @@ def _fused_gradients(items, users, y, X, T, bi, bu, dX, dT, dbi, dbu):  # pragma
 
 
 @numba.njit(cache=_CACHE, nogil=True)
-def _ranking_gradients(items, users, r, X, T, bi, bu, alpha, dX, dT, dbi, dbu):  # pragma: no cover
+def _ranking_gradients(
+    items, users, r, X, T, bi, bu, alpha, dX, dT, dbi, dbu, cX, cT, cbi, cbu
+):  # pragma: no cover
     """The ranking objective's rated-pair part, in rating order: for each training pair,
     ``s = theta_u . x_i (+ b_i + b_u)``, ``c = 1 + alpha r`` and
     ``g = (c - 1) s - c = alpha r s - c`` (the derivative of ``1/2 [c (1 - s)^2 - s^2]`` in
     ``s``); adds ``g theta_u`` to dX, ``g x_i`` to dT (and ``g`` to dbi, dbu when the bias
-    arrays are not empty). Returns ``(sum [c (1 - s)^2 - s^2], sum (1 - s)^2)``."""
+    arrays are not empty), and ``c - 1`` times its curvature terms to cX, cT, cbi, cbu
+    when not empty. Returns ``(sum [c (1 - s)^2 - s^2], sum (1 - s)^2)``."""
     loss = 0.0
     sse = 0.0
     for n in range(r.shape[0]):
+        _add_curvature(n, items, users, alpha * r[n], X, T, cX, cT, cbi, cbu)
         s = _score(n, items, users, X, T, bi, bu)
         i = items[n]
         u = users[n]

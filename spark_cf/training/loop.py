@@ -107,7 +107,7 @@ def minimize(
     checkpointer: Checkpointing | None = None,
     fingerprint: str = "",
     callback: Callable[[int, float, float], None] | None = None,
-    stop_when: Callable[[dict[str, float]], bool] | None = None,
+    stop_when: Callable[[dict[str, float]], bool | str] | None = None,
 ) -> TrainResult:
     """Run ``optimizer`` on ``objective`` from ``w0`` (see the module docstring for the rules).
 
@@ -131,8 +131,11 @@ def minimize(
     callback
         Called as ``callback(iteration, elapsed_seconds, cost)`` after each iteration.
     stop_when
-        Called with each iteration's history record; a true answer stops the run with
-        the reason ``"stop_when"`` (the benchmarks stop at a target held-out RMSE).
+        Called with each iteration's history record; a true answer stops the run, with
+        the reason ``"stop_when"`` or the answer when it is a string (the benchmarks stop
+        at a target held-out RMSE; ``model.reg = "auto"`` when the held-out RMSE rises).
+        A resumed run first shows it the records of the checkpoint's history (answers
+        ignored), so that a rule with state stops where the uninterrupted run would.
     """
     started = time.perf_counter()
     history: list[dict[str, float]]
@@ -150,6 +153,9 @@ def minimize(
         resumed_from = iteration
         if state["stop_reason"]:  # the run had already stopped at its last checkpoint
             max_iter = iteration
+        if stop_when is not None:  # a stop rule with state sees the records it missed
+            for record in history[1:]:
+                stop_when(record)
         t0 = time.perf_counter()
         ev = objective(w)
         log.info(
@@ -215,8 +221,9 @@ def minimize(
         if callback is not None:
             callback(iteration, time.perf_counter() - started, ev.cost)
         stop = None
-        if stop_when is not None and stop_when(history[-1]):
-            stop = "stop_when"
+        verdict = stop_when(history[-1]) if stop_when is not None else None
+        if verdict:
+            stop = verdict if isinstance(verdict, str) else "stop_when"
         elif optimizer.stalled:
             stop = "no_progress"
         elif 0 <= decrease < tol:

@@ -117,3 +117,38 @@ def all_pairs_term(
     if not biased:
         return cost, dXa, dTa, None, None
     return cost, dXa[:, :k], dTa[:, :k], dXa[:, k], dTa[:, k + 1]
+
+
+def all_pairs_curvature(
+    X: np.ndarray, Theta: np.ndarray, biased: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The diagonal of the Gauss-Newton curvature of :func:`all_pairs_term`, per row.
+
+    The curvature of ``1/2 sum_all s^2`` in item i's row ``x~_i`` is ``G_Theta~`` for every
+    item (and ``G_X~`` in every user's row), so its diagonal is the same for all rows:
+    ``sum_u theta_uf^2`` for feature f of an item (``num_users`` for its bias, the
+    column of ones), and ``sum_i x_if^2`` for a user's (``num_items`` for its bias).
+
+    Returns
+    -------
+    (item_row, user_row)
+        Arrays of length k, or k + 1 with biases (the bias last).
+    """
+    # einsum's loops: the same bits whatever the BLAS threads (see all_pairs_term)
+    item_row = np.einsum("uk,uk->k", Theta, Theta, optimize=False)
+    user_row = np.einsum("ik,ik->k", X, X, optimize=False)
+    if biased:
+        item_row = np.append(item_row, float(Theta.shape[0]))
+        user_row = np.append(user_row, float(X.shape[0]))
+    return item_row, user_row
+
+
+def add_rows_curvature(layout, curvature: np.ndarray, item_row: np.ndarray, user_row: np.ndarray):
+    """Add ``item_row`` to every item's and ``user_row`` to every user's part of the flat
+    ``curvature`` (laid out by ``layout``: features, then the bias when it has biases)."""
+    k = layout.rank
+    layout.X(curvature)[:] += item_row[:k]
+    layout.Theta(curvature)[:] += user_row[:k]
+    if layout.biases:
+        layout.item_bias(curvature)[:] += item_row[k]
+        layout.user_bias(curvature)[:] += user_row[k]

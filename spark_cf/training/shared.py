@@ -1,5 +1,9 @@
-"""Test support: several trainings over the same blocks sharing Spark jobs (the parity
-matrix runs its variants this way); not part of the library."""
+"""Several trainings over the same blocks sharing Spark jobs.
+
+``model.reg = "auto"`` trains its grid of regularisations this way
+(:func:`spark_cf.training.fit.fit`), and the parity tests their matrix of optimisers.
+The regularisation is added on the driver (:meth:`SparkObjective.evaluate_many`), so
+trainings with different ``reg`` share the blocks' pass too."""
 
 from __future__ import annotations
 
@@ -24,16 +28,17 @@ class SharedEvaluations:
         self.objective = objective
         self.active = runs
         self.jobs = 0
-        self._pending: dict[object, np.ndarray] = {}
+        self._pending: dict[object, tuple[np.ndarray, float | None]] = {}
         self._results: dict[object, object] = {}
         self._cond = threading.Condition()
 
-    def proxy(self, key: object):
-        """The objective for the training called ``key``."""
+    def proxy(self, key: object, reg: float | None = None):
+        """The objective for the training called ``key``, with the regularisation ``reg``
+        (None: the shared objective's)."""
 
         def evaluate(w: np.ndarray) -> Evaluation:
             with self._cond:
-                self._pending[key] = w
+                self._pending[key] = (w, reg)
                 self._run_if_all_waiting()
                 while key not in self._results:
                     self._cond.wait()
@@ -54,9 +59,9 @@ class SharedEvaluations:
         if not self._pending or len(self._pending) < self.active:
             return
         keys = list(self._pending)
-        points = [self._pending.pop(k) for k in keys]
+        points, regs = zip(*(self._pending.pop(k) for k in keys))
         try:
-            results: list = self.objective.evaluate_many(points)
+            results: list = self.objective.evaluate_many(list(points), list(regs))
         except Exception as exc:  # every waiting training gets the failure
             results = [exc] * len(keys)
         self.jobs += 1
