@@ -40,7 +40,7 @@ def setup_logging(level: str = "INFO") -> None:
     """One line per record on stderr: time, level, logger, message."""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )

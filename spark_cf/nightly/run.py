@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -174,6 +175,34 @@ def _train(data: TrainingData, cfg: Config, timings: dict[str, float], name: str
         return train_with_config(data, cfg, **extra)
 
 
+def _train_models(
+    data: TrainingData,
+    cfg: Config,
+    timings: dict[str, float],
+    name: str,
+    *,
+    ratings: bool,
+    ranking: bool,
+    **extra: Any,
+) -> tuple:
+    """The stage ``name``: the ratings model (``ratings``; ``extra`` goes to its fit) and
+    the top-N model (``ranking``) trained side by side, each in a driver thread of its
+    own with its own Spark jobs (on small data a job is mostly waiting, so the two
+    overlap); each model is what it would be trained alone. Returns ``(model, result,
+    ranker, ranker_result)``, None for a model not trained; the first error is raised
+    after both have ended."""
+    with stage(name, timings), ThreadPoolExecutor(2, thread_name_prefix=name) as pool:
+        rated = pool.submit(train_with_config, data, cfg, **extra) if ratings else None
+        ranked = pool.submit(train_ranking, data, cfg) if ranking else None
+        futures = [f for f in (rated, ranked) if f is not None]
+        wait(futures)
+        for f in futures:
+            f.result()  # raises the fit's error
+    model, result = rated.result() if rated is not None else (None, None)
+    ranker, ranker_result = ranked.result() if ranked is not None else (None, None)
+    return model, result, ranker, ranker_result
+
+
 def train_ranking(data: TrainingData, cfg: Config, **extra: Any):
     """The top-N model (``[ranking]``): :func:`~spark_cf.training.fit.fit` with the
     ranking objective, ``[train]``'s optimiser and a cold start; its checkpoints (when
@@ -317,12 +346,9 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
     ingested, data = ingest_and_prepare(spark, cfg, timings)
     final_data = data
     try:
-        model = result = ranker = ranker_result = None
-        if has_ratings:
-            model, result = _train(data, cfg, timings, "train")
-        if cfg.ranking.enabled:
-            with stage("train_ranking", timings):
-                ranker, ranker_result = train_ranking(data, cfg)
+        model, result, ranker, ranker_result = _train_models(
+            data, cfg, timings, "train", ratings=has_ratings, ranking=cfg.ranking.enabled
+        )
         evaluation: dict[str, Any] = {}
         if data.num_val:
             with stage("evaluate", timings):
@@ -358,17 +384,23 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                 refit_cfg = cfg.replace(
                     train={"checkpoint_dir": f"{cfg.train.checkpoint_dir.rstrip('/')}/refit"}
                 )
+            # "auto": the refit takes the chosen reg, from the chosen model (warm)
+            warm = {}
+            if model is not None and cfg.model.reg == AUTO:
+                refit_cfg = refit_cfg.replace(model={"reg": result.extra["reg"]})
+                warm = {"initial_model": model}
+            model, result, ranker, ranker_result = _train_models(
+                final_data,
+                refit_cfg,
+                timings,
+                "refit",
+                ratings=model is not None,
+                ranking=ranker is not None,
+                **warm,
+            )
             if model is not None:
-                # "auto": the refit takes the chosen reg, from the chosen model (warm)
-                warm = {}
-                if cfg.model.reg == AUTO:
-                    refit_cfg = refit_cfg.replace(model={"reg": result.extra["reg"]})
-                    warm = {"initial_model": model}
-                model, result = _train(final_data, refit_cfg, timings, "refit", **warm)
                 history["refit"] = _refit_summary(result)
             if ranker is not None:
-                with stage("refit_ranking", timings):
-                    ranker, ranker_result = train_ranking(final_data, refit_cfg)
                 ranking_history["refit"] = _refit_summary(ranker_result)
         for m, r, ranking in ((model, result, False), (ranker, ranker_result, True)):
             if m is not None:

@@ -25,6 +25,7 @@ are None).
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -271,21 +272,26 @@ def heldout_metrics(
         ("popularity", popular, True),
         ("item_mean", item_mean_baseline(data) if model is not None else None, False),
     )
-    out: dict[str, dict[str, Any]] = {}
-    for name, m, ranks_only in candidates:
-        if m is None:
-            continue
-        out[name] = evaluate_model(
-            spark,
-            m,
-            truth,
-            train_rated,
-            k=k,
-            relevance_threshold=relevance_threshold,
-            clip=clip,
-            block_size=block_size,
-            ranks_only=ranks_only,
-        )
+    # each in a driver thread of its own: their top-N jobs are small and mostly wait, so
+    # they overlap (the figures are those of one at a time)
+    present = [(name, m, ranks_only) for name, m, ranks_only in candidates if m is not None]
+    with ThreadPoolExecutor(len(present), thread_name_prefix="evaluate") as pool:
+        futures = {
+            name: pool.submit(
+                evaluate_model,
+                spark,
+                m,
+                truth,
+                train_rated,
+                k=k,
+                relevance_threshold=relevance_threshold,
+                clip=clip,
+                block_size=block_size,
+                ranks_only=ranks_only,
+            )
+            for name, m, ranks_only in present
+        }
+    out: dict[str, dict[str, Any]] = {name: f.result() for name, f in futures.items()}
     if model is not None:
         y = truth.column(RATING).to_numpy()
         constant = np.full(len(y), data.rating_mean)
