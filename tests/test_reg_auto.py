@@ -177,3 +177,18 @@ def test_the_nightly_job_records_the_grid_and_refits_with_the_chosen_reg(
     J = 0.5 * float(np.sum((pred - y) ** 2)) + 0.5 * chosen * squares
     assert meta["final_cost"] == pytest.approx(J, rel=1e-9)
     assert training["refit"]["iterations"] >= 1
+
+
+def test_a_diverging_value_is_recorded_and_the_others_still_choose(data):
+    """gd diverges above about 2 / (most ratings of a row + reg): a large reg lowers the
+    bound, so at this learning rate reg 400 diverges and reg 0.5 does not. The grid
+    records the divergence and keeps reg 0.5; a grid where every value diverges fails."""
+    from spark_cf.errors import DivergenceError
+
+    gd = {**ARGS, "optimizer": "gd", "learning_rate": 0.01, "max_iter": 30}
+    _, result = fit(data, reg_param="auto", reg_grid=(0.5, 400.0), **gd)
+    rows = {r["reg"]: r for r in result.extra["reg_grid"]}
+    assert rows[400.0]["stop_reason"] == "diverged" and rows[400.0]["val_rmse"] is None
+    assert result.extra["reg"] == 0.5 and rows[0.5]["val_rmse"] > 0
+    with pytest.raises(DivergenceError):
+        fit(data, reg_param="auto", reg_grid=(400.0,), **gd)

@@ -255,6 +255,7 @@ def model_metadata(
     result: TrainResult,
     refit: bool = False,
     ranking: bool = False,
+    reg_grid: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The metadata of a model to publish (``model/metadata.json``; :func:`save_model` adds
     rank, global mean, biases and the sizes): the same keys for every job that publishes
@@ -278,6 +279,9 @@ def model_metadata(
         Whether the model was refitted on all ratings after the evaluation.
     ranking
         Whether it is the top-N model of ``[ranking]`` (else ``[model]``'s).
+    reg_grid
+        With ``model.reg = "auto"``: each value's row (``TrainResult.extra["reg_grid"]``
+        of the fit that chose it; None takes ``result``'s, which a refit has not).
     """
     in_force = settings_in_force(spark)
     section = cfg.ranking if ranking else cfg.model
@@ -288,6 +292,7 @@ def model_metadata(
         "rank": section.rank,
         "reg": result.extra.get("reg", section.reg),
         "reg_auto": section.reg == AUTO,
+        "reg_grid": reg_grid if reg_grid is not None else result.extra.get("reg_grid"),
         "optimizer": cfg.train.optimizer,
         "iterations": result.iterations,
         "final_cost": result.final_cost,
@@ -413,6 +418,7 @@ def _run_nightly(spark, cfg: Config, pub: Publication) -> RunOutcome:
                     result=r,
                     refit=refit,
                     ranking=ranking,
+                    reg_grid=None if ranking or history is None else history.get("reg_grid"),
                 )
         if model is not None:
             with stage("predict", timings):

@@ -21,6 +21,7 @@ import numpy as np
 from spark_cf.config import AUTO, ModelConfig, TrainConfig
 from spark_cf.data.indexing import IdIndex
 from spark_cf.data.prepare import TrainingData
+from spark_cf.errors import DivergenceError
 from spark_cf.model.cf_model import CFModel
 from spark_cf.model.normalization import Normalization
 from spark_cf.training.blocks import BlockedRatings, choose_blocks
@@ -381,12 +382,20 @@ def _fit_reg_grid(
 
     try:
         with ThreadPoolExecutor(max_workers=len(grid), thread_name_prefix="reg") as pool:
-            fits = list(pool.map(one, grid))
+            futures = [pool.submit(one, reg) for reg in grid]
+        outcomes = [f.exception() or f.result() for f in futures]
     finally:
         if owned:
             blocks.unpersist()
     records = []
-    for reg, (_, result) in zip(grid, fits):
+    for reg, outcome in zip(grid, outcomes):
+        if isinstance(outcome, DivergenceError):  # this value only: the others may do
+            log.warning("model.reg = auto: reg %g diverged: %s", reg, outcome)
+            records.append({"reg": reg, "val_rmse": None, "stop_reason": "diverged"})
+            continue
+        if isinstance(outcome, BaseException):
+            raise outcome
+        result = outcome[1]
         last = result.history[-1]
         records.append(
             {
@@ -398,13 +407,21 @@ def _fit_reg_grid(
                 "final_cost": result.final_cost,
             }
         )
-    scores = [r["val_rmse"] if np.isfinite(r["val_rmse"]) else np.inf for r in records]
+    scores = [
+        r["val_rmse"] if r["val_rmse"] is not None and np.isfinite(r["val_rmse"]) else np.inf
+        for r in records
+    ]
     best = int(np.argmin(scores))
-    model, result = fits[best]
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures and not np.isfinite(scores[best]):  # every value diverged
+        raise failures[0]
+    model, result = outcomes[best]
     result.extra["reg_grid"] = records
     result.extra["reg_auto"] = True
     result.extra["evaluation_jobs"] = shared.jobs
     for r in records:
+        if r["val_rmse"] is None:
+            continue
         log.info(
             "model.reg = auto: reg %g, held-out RMSE %.4f after %d iterations (%s)%s",
             r["reg"],
