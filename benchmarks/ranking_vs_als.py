@@ -41,8 +41,8 @@ held-out pairs); the parent fails if they differ.
 
 Results: benchmarks/results/ranking_vs_als.json and the section "Top-N against ALS
 implicit and popularity" in docs/benchmarks.md (between markers, so that the rest of the
-file, written by vs_als.py, is kept; vs_als.py rewrites the whole file, so re-render this
-section afterwards with ``--datasets`` and nothing after it).
+file, written by vs_als.py, is kept; vs_als.py keeps the marked sections in turn;
+``--datasets`` with nothing after it re-renders this section alone).
 """
 
 from __future__ import annotations
@@ -288,14 +288,16 @@ def child_ours_ratings(path: str, threshold: float) -> dict:
     # with biases, mean normalisation is the global mean (spark_cf.data.prepare)
     data = _split(spark, path, mean_normalization=True, biases=True)
     split = Split(data, threshold)
-    fit(data, biases=True, max_iter=2)  # warm-up, as vs_als.py does
+    # the ratings model as it was when its RMSE was recorded (fit's defaults then)
+    then = {"biases": True, "reg_param": 10.0, "lbfgs_precondition": "none"}
+    fit(data, **then, max_iter=2)  # warm-up, as vs_als.py does
     t = time.perf_counter()
-    model, result = fit(data, biases=True)  # fit's defaults (conf/default.toml) otherwise
+    model, result = fit(data, **then)  # conf/default.toml's defaults otherwise
     fit_s = time.perf_counter() - t
     ev = _evaluate_ours(spark, data, model, threshold)
     spark.stop()
     row = {
-        "settings": "fit defaults, biases=True (reg_param 10, lbfgs, max_iter 100)",
+        "settings": "biases=True, reg_param 10, lbfgs (precondition none), max_iter 100",
         "fit_s": round(fit_s, 2),
         "iterations": result.iterations,
         "stop_reason": result.stop_reason,
@@ -443,11 +445,11 @@ def markdown(results: dict) -> str:
         f"{list(ALS_REGS)} x alpha {list(ALS_ALPHAS)} (the best by nDCG@10 in bold), and "
         f"explicit at regParam {ALS_EXPLICIT_REG}; its lists are computed exactly from its "
         "factors on the driver (every item scored, training items excluded, by spark-cf's "
-        "top-N kernel). spark-cf ratings: `fit`'s defaults with biases (reg 10, L-BFGS, "
-        "100 iterations at most), ranked by the predicted rating with the published top-N "
+        "top-N kernel). spark-cf ratings: biases, reg 10, L-BFGS with the scalar start "
+        "(the defaults when it was recorded), 100 iterations at most, ranked by the predicted rating with the published top-N "
         "(`evaluate_model`). spark-cf ranking: the nightly job's top-N model "
         "(conf/default.toml's [ranking]: `fit(objective='ranking', ...)`, no normalisation), "
-        "L-BFGS; its RMSE is not meaningful. Fit seconds: the "
+        "L-BFGS (the curvature's start, the default); its RMSE is not meaningful. Fit seconds: the "
         "fit call alone (spark-cf's includes blocking the ratings), after a warm-up fit.",
     ]
     if any(

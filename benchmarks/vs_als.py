@@ -825,7 +825,11 @@ def main() -> int:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "vs_als.json").write_text(json.dumps(results, indent=2) + "\n")
         (ROOT / "docs").mkdir(exist_ok=True)
-        (ROOT / "docs" / "benchmarks.md").write_text(markdown(results))
+        doc = ROOT / "docs" / "benchmarks.md"
+        # the other benchmarks' sections sit between their markers after ours: keep them
+        old = doc.read_text() if doc.exists() else ""
+        kept = old[old.index("<!-- ") :] if "<!-- " in old else ""
+        doc.write_text(markdown(results) + ("\n" + kept if kept else ""))
 
     for name in args.datasets:
         path = dataset_path(name)
