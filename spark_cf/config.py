@@ -30,6 +30,9 @@ from spark_cf.training.optimizers import LBFGS_PRECONDITIONERS
 OPTIMIZERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
 #: model.reg's value that chooses the regularisation from model.reg_grid
 AUTO = "auto"
+#: the reg of the library's entry points (fit's reg_param, SparkCF's regParam): a number,
+#: since "auto" needs held-out ratings that a caller's data need not have (pass "auto")
+LIBRARY_REG = 10.0
 DUPLICATE_POLICIES = ("latest", "mean", "sum", "error")
 FEEDBACK_KINDS = ("ratings", "interactions")
 SPLITS = ("random", "time")

@@ -91,7 +91,9 @@ def test_nightly_on_a_standalone_cluster_matches_local_bit_for_bit(tmp_path, spa
         # spark-submit passes the Python driver's stderr on to its stdout
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, output[-4000:]
-        loaded = [line for line in output.splitlines() if "INFO spark_cf: spark_cf" in line]
+        loaded = [
+            line for line in output.splitlines() if "INFO [MainThread] spark_cf: spark_cf" in line
+        ]
         assert loaded and f"from {work / 'spark_cf.zip'}" in loaded[0], loaded  # the zip's
         return proc.stdout
 

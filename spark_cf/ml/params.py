@@ -14,6 +14,7 @@ from typing import Any
 from pyspark.ml.param import Param, Params, TypeConverters
 
 from spark_cf.config import (
+    LIBRARY_REG,
     Config,
     InputConfig,
     ModelConfig,
@@ -27,7 +28,7 @@ from spark_cf.training.objective import OBJECTIVES
 #: regParam's default, the one Param whose default is not its key's: model.reg = "auto"
 #: chooses on the nightly job's held-out split, and the Estimator fits every row it is
 #: given (tune regParam with CrossValidator)
-DEFAULT_REG_PARAM = 10.0
+DEFAULT_REG_PARAM = LIBRARY_REG
 
 #: The training Params and the config key each stands for (its rules, its default).
 CONFIG_KEYS: dict[str, str] = {

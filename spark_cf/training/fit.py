@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from spark_cf.config import AUTO, ModelConfig, TrainConfig
+from spark_cf.config import AUTO, LIBRARY_REG, ModelConfig, TrainConfig
 from spark_cf.data.indexing import IdIndex
 from spark_cf.data.prepare import TrainingData
 from spark_cf.errors import DivergenceError
@@ -50,7 +50,7 @@ def fit(
     data: TrainingData,
     *,
     rank: int = _M.rank,
-    reg_param: float | str = _M.reg,
+    reg_param: float | str = LIBRARY_REG,
     reg_grid: Sequence[float] = _M.reg_grid,
     max_iter: int = _T.max_iter,
     tol: float = _T.tol,
@@ -90,7 +90,9 @@ def fit(
         (``mean_normalization``) was chosen there, with the same ``biases``.
     rank, reg_param, biases, init_scale, seed
         The model: ``reg_param`` is lambda on the summed cost (``model.reg``), not ALS's
-        per-rating ``regParam``, or ``"auto"``: see ``reg_grid``.
+        per-rating ``regParam``, or ``"auto"``: see ``reg_grid``. Its default is a number
+        (``LIBRARY_REG``, 10), not the config's ``"auto"``: the grid needs held-out
+        ratings, which ``data`` need not have.
     reg_grid
         With ``reg_param="auto"`` (``model.reg_grid``): one model is trained for each of
         these values, side by side in the same Spark jobs (each evaluation of the blocks
