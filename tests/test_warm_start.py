@@ -152,11 +152,16 @@ def test_jobs_build_a_file_checkpointer_from_the_train_section(tmp_path):
 
 
 def test_the_plain_fits_defaults_are_the_configs():
+    """Every default of fit is the config's, but reg_param: the config's "auto" needs
+    held-out ratings, so fit's default is the number LIBRARY_REG (as SparkCF's)."""
+    from spark_cf.config import AUTO, LIBRARY_REG
+
     defaults = {
         name: p.default
         for name, p in inspect.signature(fit).parameters.items()
         if p.kind is p.KEYWORD_ONLY and p.default is not p.empty
     }
     arguments = fit_arguments(Config())
+    assert arguments.pop("reg_param") == Config().model.reg == AUTO
+    assert defaults["reg_param"] == LIBRARY_REG == 10.0
     assert {k: defaults[k] for k in arguments} == arguments
-    assert arguments["reg_param"] == Config().model.reg
