@@ -113,7 +113,7 @@ def test_a_killed_python_worker_is_retried_and_the_model_is_unchanged(spark, tmp
     )
     conf = tmp_path / "job.toml"
     conf.write_text(
-        f'[input]\npath = "{ratings}"\n[model]\nrank = 12\n'
+        f'[input]\npath = "{ratings}"\n[model]\nrank = 12\nreg = 10.0\n'
         "[train]\nmax_iter = 12\ntol = 0.0\nnum_user_blocks = 2\nnum_item_blocks = 1\n"
     )
     cfg = load_config(str(conf))
