@@ -27,6 +27,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from spark_cf.errors import ConfigError
 from spark_cf.training.optimizers import LBFGS_PRECONDITIONERS
 
+#: where the user-side parameters live during training (``train.user_side``):
+#: "driver", "executors" (:mod:`spark_cf.training.partitioned`), or "auto" (by size)
+USER_SIDES = ("auto", "driver", "executors")
+
 OPTIMIZERS = ("gd", "momentum", "nesterov", "adam", "lbfgs")
 #: model.reg's value that chooses the regularisation from model.reg_grid
 AUTO = "auto"
@@ -93,6 +97,7 @@ class TrainConfig:
     adam_epsilon: float = 1e-8
     lbfgs_memory: int = 10
     lbfgs_precondition: str = "curvature"
+    user_side: str = "auto"
     divergence_patience: int = 3
     warm_start: str = ""
 
@@ -314,6 +319,12 @@ def _validate(cfg: Config) -> None:
         f"must be one of {', '.join(LBFGS_PRECONDITIONERS)}",
         t.lbfgs_precondition,
     )
+    _check(
+        t.user_side in USER_SIDES,
+        "train.user_side",
+        f"must be one of {', '.join(USER_SIDES)}",
+        t.user_side,
+    )
     _check(t.learning_rate > 0, "train.learning_rate", "must be > 0", t.learning_rate)
     _check(t.max_iter >= 1, "train.max_iter", "must be >= 1", t.max_iter)
     _check(t.tol >= 0, "train.tol", "must be >= 0", t.tol)
@@ -530,6 +541,7 @@ def fit_arguments(cfg: Config, *, ranking: bool = False) -> dict[str, Any]:
         "adam_epsilon": t.adam_epsilon,
         "lbfgs_memory": t.lbfgs_memory,
         "lbfgs_precondition": t.lbfgs_precondition,
+        "user_side": t.user_side,
         "divergence_patience": t.divergence_patience,
     }
     if ranking:

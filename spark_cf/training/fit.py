@@ -29,6 +29,7 @@ from spark_cf.training.loop import Checkpointing, TrainResult, fingerprint_of, m
 from spark_cf.training.objective import RATINGS, CostSpec
 from spark_cf.training.optimizers import OptimizerSettings, make_optimizer, needs_curvature
 from spark_cf.training.params import Layout, initial_parameters, row_preconditioner
+from spark_cf.training.partitioned import PartitionedObjective, PartitionedOptimizer
 from spark_cf.training.shared import SharedEvaluations
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def fit(
     adam_epsilon: float = _T.adam_epsilon,
     lbfgs_memory: int = _T.lbfgs_memory,
     lbfgs_precondition: str = _T.lbfgs_precondition,
+    user_side: str = _T.user_side,
     divergence_patience: int = _T.divergence_patience,
     initial_model: CFModel | None = None,
     checkpointer: Checkpointing | None = None,
@@ -106,6 +108,11 @@ def fit(
         The optimiser and the stopping rules (``[train]``).
     num_user_blocks, num_item_blocks
         The block grid; 0 = from the data size and the cores.
+    user_side
+        Where the user side (Theta, the user biases and the optimiser's state for them)
+        lives while training: ``"driver"`` (one vector, broadcast to every task),
+        ``"executors"`` (with each user block's ratings, in Spark's cache:
+        :mod:`spark_cf.training.partitioned`) or ``"auto"`` (:func:`resolve_user_side`).
     initial_model
         A warm start: the users and items it knows (matched by raw id) start from its
         features and biases, the others at random. Its rank must be ``rank``.
@@ -178,12 +185,16 @@ def fit(
         w0 = initial_parameters(layout, init_scale=init_scale, seed=seed)
         if initial_model is not None:
             w0 = warm_start_parameters(initial_model, layout, index, w0)
-        opt = make_optimizer(
-            optimizer,
-            settings,
-            layout.size,
-            row_preconditioner(layout, blocks.item_counts, blocks.user_counts),
-        )
+        side = resolve_user_side(user_side, layout)
+        if side == "driver":
+            opt = make_optimizer(
+                optimizer,
+                settings,
+                layout.size,
+                row_preconditioner(layout, blocks.item_counts, blocks.user_counts),
+            )
+        else:
+            opt = None
         summary = {
             "ratings": blocks.num_ratings,
             "held_out": blocks.num_val,
@@ -216,25 +227,45 @@ def fit(
             user_blocks,
             item_blocks,
         )
-        f = blocks.objective(layout, reg_param, cost, curvature=opt.needs_curvature)
+        engine = None
+        if side == "executors":
+            if wrap_objective is not None:
+                raise ValueError('user_side = "executors" cannot wrap the objective')
+            engine = PartitionedObjective(
+                blocks,
+                layout,
+                reg_param,
+                cost,
+                curvature=needs_curvature(optimizer, settings),
+                precondition=lbfgs_precondition if optimizer == "lbfgs" else "none",
+            )
+            opt = PartitionedOptimizer(optimizer, settings, engine)
+            f = opt.objective
+        else:
+            f = blocks.objective(layout, reg_param, cost, curvature=opt.needs_curvature)
         if wrap_objective is not None:
             f = wrap_objective(f)
-        result = minimize(
-            f,
-            w0,
-            opt,
-            max_iter=max_iter,
-            tol=tol,
-            divergence_patience=divergence_patience,
-            checkpointer=checkpointer,
-            fingerprint=training_fingerprint(settings_used, summary, normalization, w0),
-            callback=callback,
-            stop_when=stop_when,
-        )
+        try:
+            result = minimize(
+                f,
+                w0,
+                opt,
+                max_iter=max_iter,
+                tol=tol,
+                divergence_patience=divergence_patience,
+                checkpointer=checkpointer,
+                fingerprint=training_fingerprint(settings_used, summary, normalization, w0),
+                callback=callback,
+                stop_when=stop_when,
+            )
+        finally:
+            if engine is not None:
+                engine.close()
     finally:
         if owned:
             blocks.unpersist()
     result.extra["blocks"] = [user_blocks, item_blocks]
+    result.extra["user_side"] = side
     result.extra["objective"] = cost.objective
     result.extra["alpha"] = cost.alpha
     result.extra["reg"] = float(reg_param)
@@ -250,6 +281,22 @@ def fit(
         item_counts=blocks.item_counts.copy(),
     )
     return model, result
+
+
+#: ``user_side = "auto"`` keeps the user side on the executors from this many user
+#: parameters (users x (rank + biases)); below it the driver's vector is faster
+AUTO_EXECUTORS_USER_PARAMS = 1_000_000
+
+
+def resolve_user_side(user_side: str, layout: Layout) -> str:
+    """``"driver"`` or ``"executors"`` for ``user_side`` (``"auto"``: by the number of
+    user parameters, :data:`AUTO_EXECUTORS_USER_PARAMS`)."""
+    if user_side not in ("auto", "driver", "executors"):
+        raise ValueError(f'user_side = {user_side!r}: expected "auto", "driver" or "executors"')
+    if user_side != "auto":
+        return user_side
+    per_user = layout.rank + (1 if layout.biases else 0)
+    return "executors" if layout.num_users * per_user >= AUTO_EXECUTORS_USER_PARAMS else "driver"
 
 
 def _normalization(data: TrainingData, cost: CostSpec) -> Normalization:
@@ -354,6 +401,9 @@ def _fit_reg_grid(
         ),
         len(grid),
     )
+    # With the user side on the executors each model keeps its own states there and runs
+    # its own jobs (the threads still overlap them); the driver's path shares each job.
+    separate = resolve_user_side(arguments["user_side"], layout) == "executors"
     log.info("model.reg = auto: training %d models side by side, reg %s", len(grid), grid)
 
     user_stop = arguments.pop("stop_when")
@@ -375,7 +425,7 @@ def _fit_reg_grid(
                 reg_param=reg,
                 blocks=blocks,
                 checkpointer=own,
-                wrap_objective=lambda _f: shared.proxy(reg, reg),
+                wrap_objective=None if separate else (lambda _f: shared.proxy(reg, reg)),
                 stop_when=stop_when,
                 **arguments,
             )

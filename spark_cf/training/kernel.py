@@ -176,11 +176,14 @@ def block_gradients(
     *,
     cost: CostSpec = RATINGS_COST,
     curvature: bool = False,
+    user_offset: int = 0,
 ) -> BlockResult:
     """Partial data cost and gradients of ``block`` at the given parameters.
 
     ``X``, ``Theta`` (and the biases) are the *full* parameter arrays; the block reads the
-    rows in its ranges. For the ratings objective the data term is ``1/2 sum e^2`` with
+    rows in its ranges. ``user_offset``: the global index of ``Theta``'s (and
+    ``user_bias``'s) first row, when they hold only a range of the users (a user block's,
+    on an executor). For the ratings objective the data term is ``1/2 sum e^2`` with
     ``e = prediction - y``; for the ranking one (``cost.ranking``: ``y`` the raw values) it
     is ``1/2 sum_rated [c (1 - s)^2 - s^2]`` with ``s`` the score, biases included when
     given (:func:`_ranking_gradients`), and the held-out pairs are scored against
@@ -194,11 +197,12 @@ def block_gradients(
     :func:`spark_cf.training.objective.all_pairs_curvature`).
     """
     Xb = X[block.item_start : block.item_start + block.num_items]
-    Tb = Theta[block.user_start : block.user_start + block.num_users]
+    u0 = block.user_start - user_offset
+    Tb = Theta[u0 : u0 + block.num_users]
     biased = item_bias is not None and user_bias is not None
     if biased:
         bib = item_bias[block.item_start : block.item_start + block.num_items]
-        bub = user_bias[block.user_start : block.user_start + block.num_users]
+        bub = user_bias[u0 : u0 + block.num_users]
     rank = X.shape[1]
     if not biased:
         bib = bub = np.zeros(0)

@@ -79,7 +79,7 @@ def _record(iteration: int, ev: Evaluation, seconds: float, evaluations: int) ->
     return {
         "iteration": iteration,
         "cost": float(ev.cost),
-        "grad_norm": float(np.linalg.norm(ev.grad)),
+        "grad_norm": ev.grad_norm,
         "train_rmse": ev.train_rmse,
         "val_rmse": ev.val_rmse,
         "seconds": seconds,
@@ -88,7 +88,8 @@ def _record(iteration: int, ev: Evaluation, seconds: float, evaluations: int) ->
 
 
 def _check_finite(ev: Evaluation, w: np.ndarray, iteration: int, optimizer: str) -> None:
-    if not (ev.is_finite() and np.isfinite(w).all()):
+    finite = w.all_finite() if hasattr(w, "all_finite") else np.isfinite(w).all()
+    if not (ev.is_finite() and finite):
         raise DivergenceError(
             f"training diverged at iteration {iteration} ({optimizer}): the cost or a "
             f"parameter became NaN or infinite; lower train.learning_rate (or use "
@@ -232,7 +233,7 @@ def minimize(
             checkpointer.save(
                 fingerprint,
                 {
-                    "w": w,
+                    "w": as_array(w),
                     "iteration": iteration,
                     "history": history,
                     "rises": rises,
@@ -253,7 +254,7 @@ def minimize(
         total,
     )
     return TrainResult(
-        w=w,
+        w=as_array(w),
         history=history,
         iterations=iteration,
         stop_reason=stop_reason,
@@ -261,6 +262,12 @@ def minimize(
         seconds=total,
         resumed_from=resumed_from,
     )
+
+
+def as_array(w) -> np.ndarray:
+    """The flat parameter vector ``w``, gathered to the driver when it is a handle on
+    parameters kept on the executors (:class:`spark_cf.training.partitioned.PartitionedPoint`)."""
+    return w.to_array() if hasattr(w, "to_array") else w
 
 
 def fingerprint_of(parts: dict[str, Any]) -> str:

@@ -56,6 +56,19 @@ class Evaluation:
     #: the diagonal of the Gauss-Newton curvature at the point (regularisation included),
     #: laid out like ``grad``; only when the optimiser asks for it (``needs_curvature``)
     curvature: np.ndarray | None = None
+    #: with the user side on the executors (:mod:`spark_cf.training.partitioned`) the
+    #: gradient is not gathered: ``grad`` is empty, and these say its squared norm and
+    #: whether every parameter and gradient value is finite
+    grad_norm_sq: float | None = None
+    finite: bool | None = None
+    #: the partitioned path's totals of the slices' sums (its dot products for L-BFGS)
+    sums: dict | None = None
+
+    @property
+    def grad_norm(self) -> float:
+        if self.grad_norm_sq is not None:
+            return math.sqrt(self.grad_norm_sq)
+        return float(np.linalg.norm(self.grad))
 
     @property
     def train_rmse(self) -> float:
@@ -66,6 +79,8 @@ class Evaluation:
         return math.sqrt(self.val_sse / self.val_count) if self.val_count else float("nan")
 
     def is_finite(self) -> bool:
+        if self.finite is not None:
+            return bool(self.finite and math.isfinite(self.cost))
         return bool(math.isfinite(self.cost) and np.isfinite(self.grad).all())
 
 
@@ -118,11 +133,49 @@ class Optimizer(ABC):
         self.evaluations = int(state["evaluations"])
 
 
+def gd_rule(w, g, state, s: OptimizerSettings, t: int):
+    """``gd``'s update of ``w`` (a whole vector or any slice of it, with ``state``'s
+    slices): elementwise, so the executors apply it to their slices
+    (:mod:`spark_cf.training.partitioned`) with the same bits."""
+    return w - s.learning_rate * g
+
+
+def momentum_rule(w, g, state, s: OptimizerSettings, t: int):
+    """``momentum``: ``v <- mu v - lr g``; ``w <- w + v`` (``state["velocity"]`` updated)."""
+    state["velocity"] = s.momentum * state["velocity"] - s.learning_rate * g
+    return w + state["velocity"]
+
+
+def nesterov_rule(w, g, state, s: OptimizerSettings, t: int):
+    """``nesterov``: ``v' <- mu v - lr g``; ``w <- w - mu v + (1 + mu) v'``."""
+    previous = state["velocity"]
+    state["velocity"] = s.momentum * previous - s.learning_rate * g
+    return w - s.momentum * previous + (1.0 + s.momentum) * state["velocity"]
+
+
+def adam_rule(w, g, state, s: OptimizerSettings, t: int):
+    """``adam`` at step ``t`` (from 1): the moments ``state["m"]``, ``state["v"]`` updated."""
+    state["m"] = s.adam_beta1 * state["m"] + (1.0 - s.adam_beta1) * g
+    state["v"] = s.adam_beta2 * state["v"] + (1.0 - s.adam_beta2) * (g * g)
+    m_hat = state["m"] / (1.0 - s.adam_beta1**t)
+    v_hat = state["v"] / (1.0 - s.adam_beta2**t)
+    return w - s.learning_rate * m_hat / (np.sqrt(v_hat) + s.adam_epsilon)
+
+
+#: the elementwise update rules and the state vectors each keeps (zeros at the start)
+ELEMENTWISE_RULES = {
+    "gd": (gd_rule, ()),
+    "momentum": (momentum_rule, ("velocity",)),
+    "nesterov": (nesterov_rule, ("velocity",)),
+    "adam": (adam_rule, ("m", "v")),
+}
+
+
 class GradientDescent(Optimizer):
     name = "gd"
 
     def step(self, w, ev, f):
-        w_new = w - self.settings.learning_rate * ev.grad
+        w_new = gd_rule(w, ev.grad, {}, self.settings, 0)
         return w_new, self._eval(f, w_new)
 
 
@@ -135,9 +188,9 @@ class Momentum(Optimizer):
         self.velocity = np.zeros(size)
 
     def step(self, w, ev, f):
-        s = self.settings
-        self.velocity = s.momentum * self.velocity - s.learning_rate * ev.grad
-        w_new = w + self.velocity
+        state = {"velocity": self.velocity}
+        w_new = momentum_rule(w, ev.grad, state, self.settings, 0)
+        self.velocity = state["velocity"]
         return w_new, self._eval(f, w_new)
 
     def state_dict(self):
@@ -152,10 +205,9 @@ class Nesterov(Momentum):
     name = "nesterov"
 
     def step(self, w, ev, f):
-        s = self.settings
-        previous = self.velocity
-        self.velocity = s.momentum * previous - s.learning_rate * ev.grad
-        w_new = w - s.momentum * previous + (1.0 + s.momentum) * self.velocity
+        state = {"velocity": self.velocity}
+        w_new = nesterov_rule(w, ev.grad, state, self.settings, 0)
+        self.velocity = state["velocity"]
         return w_new, self._eval(f, w_new)
 
 
@@ -170,14 +222,10 @@ class Adam(Optimizer):
         self.t = 0
 
     def step(self, w, ev, f):
-        s = self.settings
         self.t += 1
-        g = ev.grad
-        self.m = s.adam_beta1 * self.m + (1.0 - s.adam_beta1) * g
-        self.v = s.adam_beta2 * self.v + (1.0 - s.adam_beta2) * (g * g)
-        m_hat = self.m / (1.0 - s.adam_beta1**self.t)
-        v_hat = self.v / (1.0 - s.adam_beta2**self.t)
-        w_new = w - s.learning_rate * m_hat / (np.sqrt(v_hat) + s.adam_epsilon)
+        state = {"m": self.m, "v": self.v}
+        w_new = adam_rule(w, ev.grad, state, self.settings, self.t)
+        self.m, self.v = state["m"], state["v"]
         return w_new, self._eval(f, w_new)
 
     def state_dict(self):
@@ -265,15 +313,9 @@ class LBFGS(Optimizer):
         for _ in range(self.max_line_search):
             w_new = w + alpha * d
             new_ev = self._eval(f, w_new)
-            if new_ev.is_finite() and new_ev.cost <= ev.cost + self.c1 * alpha * slope:
+            if armijo(new_ev, ev.cost, alpha, slope):
                 break
-            # Quadratic interpolation of the cost along d, kept within [0.1, 0.5] alpha.
-            if math.isfinite(new_ev.cost):
-                denom = 2.0 * (new_ev.cost - ev.cost - slope * alpha)
-                trial = -slope * alpha * alpha / denom if denom > 0 else 0.5 * alpha
-                alpha = min(max(trial, 0.1 * alpha), 0.5 * alpha)
-            else:
-                alpha *= 0.1
+            alpha = next_alpha(alpha, slope, ev.cost, new_ev.cost)
         else:
             # No sufficient decrease along d within the budget: stay where we are and say
             # so; the training loop stops (the gradient's scale is at rounding level).
@@ -283,7 +325,7 @@ class LBFGS(Optimizer):
         s_vec = w_new - w
         y_vec = new_ev.grad - g
         sy = float(s_vec @ y_vec)
-        if new_ev.is_finite() and sy > 1e-12 * float(s_vec @ s_vec):
+        if keep_pair(new_ev, sy, float(s_vec @ s_vec)):
             slot = self.head
             self.s[slot] = s_vec
             self.y[slot] = y_vec
@@ -309,6 +351,26 @@ class LBFGS(Optimizer):
         self.rho = np.array(state["rho"], dtype=np.float64)
         self.stored = int(state["stored"])
         self.head = int(state["head"])
+
+
+def armijo(new_ev: Evaluation, cost: float, alpha: float, slope: float) -> bool:
+    """L-BFGS's line search accepts ``alpha`` (sufficient decrease from ``cost``)."""
+    return new_ev.is_finite() and new_ev.cost <= cost + LBFGS.c1 * alpha * slope
+
+
+def next_alpha(alpha: float, slope: float, cost: float, new_cost: float) -> float:
+    """The next trial step after ``alpha`` was refused: quadratic interpolation of the cost
+    along the direction, kept within [0.1, 0.5] alpha (0.1 alpha after a non-finite cost)."""
+    if not math.isfinite(new_cost):
+        return alpha * 0.1
+    denom = 2.0 * (new_cost - cost - slope * alpha)
+    trial = -slope * alpha * alpha / denom if denom > 0 else 0.5 * alpha
+    return min(max(trial, 0.1 * alpha), 0.5 * alpha)
+
+
+def keep_pair(new_ev: Evaluation, sy: float, ss: float) -> bool:
+    """Whether L-BFGS keeps the pair ``(s, y)``: its curvature ``s.y`` is positive enough."""
+    return new_ev.is_finite() and sy > 1e-12 * ss
 
 
 #: L-BFGS's initial inverse Hessians (``lbfgs_precondition``; see the module docstring)
