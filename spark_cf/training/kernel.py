@@ -2,9 +2,11 @@
 
 No Spark import: a :class:`BlockPayload` is plain NumPy arrays, cached by Spark; a Python
 worker turns it once into a :class:`Block` and keeps that between jobs. Within a block the
-training ratings are sorted by (item, user); one fused loop (compiled by Numba) visits
-each rating once, computes its residual ``e = theta_u . x_i (+ b_i + b_u) - y`` and adds
-``e * theta_u`` to ``dX[i]`` and ``e * x_i`` to ``dTheta[u]``, with no n x k temporaries.
+training ratings are sorted by (item, user), or by (user, item) when the block has more
+users than items (:func:`spark_cf.training.blocks.rating_order`); one fused loop
+(compiled by Numba) visits each rating once, computes its residual
+``e = theta_u . x_i (+ b_i + b_u) - y`` and adds ``e * theta_u`` to ``dX[i]`` and
+``e * x_i`` to ``dTheta[u]``, with no n x k temporaries.
 For the ranking objective (:mod:`spark_cf.training.objective`) a second loop of the same
 form visits the rated pairs with their weight ``g = alpha r s - c`` instead (``s`` the
 score, biases included when the model has them); the term over
@@ -38,7 +40,8 @@ class BlockPayload:
     block_id : position in the grid, ``user_block * num_item_blocks + item_block``.
     user_start, item_start : the first global index of the block's user and item ranges.
     num_users, num_items : the sizes of those ranges.
-    users, items : local indices (int32), ratings sorted by (item, user).
+    users, items : local indices (int32), ratings sorted by (item, user), or by (user,
+        item) when the block has more users than items.
     y : normalised ratings (float64); raw ones (zero offsets) for the ranking objective.
     is_val : True for held-out ratings (scored, never in the gradient).
     """

@@ -184,26 +184,147 @@ def _advance(state: UserBlockState, blocks: list, step: _Step, static: _Static) 
     return UserBlockState(state.block, state.start, state.size, v, piece, sums)
 
 
+@dataclass
+class _StateChunk:
+    """A range of a user block's state vectors, as Spark caches it: many records of about
+    :data:`CHUNK_VALUES` values each read several times faster from Spark's cache into a
+    Python worker than one large record."""
+
+    part: int
+    start: int
+    size: int
+    vecs: dict[str, np.ndarray]
+
+
+@dataclass
+class _BlockOutput:
+    """A user block's partial item vector and sums of one evaluation (for the reduce)."""
+
+    piece: np.ndarray
+    sums: dict
+
+
+#: values of each state vector per cached record (1 MiB of float64)
+CHUNK_VALUES = 131_072
+
+
+def _to_records(state: UserBlockState) -> Iterator:
+    """The cached records of a user block's state: its outputs first, then its chunks."""
+    b = state.block
+    if state.piece is not None:
+        yield b, _BlockOutput(state.piece, state.sums)
+    length = len(state.vecs["w"])
+    for part, lo in enumerate(range(0, max(length, 1), CHUNK_VALUES)):
+        hi = lo + CHUNK_VALUES
+        vecs = {name: vec[lo:hi] for name, vec in state.vecs.items()}
+        yield b, _StateChunk(part, state.start, state.size, vecs)
+
+
+def _from_chunks(b: int, chunks: list[_StateChunk]) -> UserBlockState:
+    chunks.sort(key=lambda c: c.part)
+    first = chunks[0]
+    vecs = {
+        name: np.concatenate([c.vecs[name] for c in chunks]) if len(chunks) > 1 else vec.copy()
+        for name, vec in first.vecs.items()
+    }
+    return UserBlockState(b, first.start, first.size, vecs)
+
+
+@dataclass
+class _RatingsChunk:
+    """A range of one block's ratings, as Spark caches them for this path (in chunks, like
+    the states: :class:`_StateChunk`)."""
+
+    part: int
+    payload: kernel.BlockPayload
+
+
+def _payload_chunks(p: kernel.BlockPayload, item_blocks: int) -> Iterator:
+    b = p.block_id // item_blocks
+    n = len(p.y)
+    for part, lo in enumerate(range(0, max(n, 1), CHUNK_VALUES)):
+        hi = lo + CHUNK_VALUES
+        yield (
+            b,
+            _RatingsChunk(
+                part,
+                kernel.BlockPayload(
+                    p.key,
+                    p.block_id,
+                    p.user_start,
+                    p.num_users,
+                    p.item_start,
+                    p.num_items,
+                    p.users[lo:hi],
+                    p.items[lo:hi],
+                    p.y[lo:hi],
+                    p.is_val[lo:hi],
+                ),
+            ),
+        )
+
+
+def _blocks_of(chunks: list[_RatingsChunk]) -> list[kernel.Block]:
+    """A user block's ratings blocks (in block order) from their cached chunks."""
+    by_block: dict[int, list[_RatingsChunk]] = {}
+    for c in chunks:
+        by_block.setdefault(c.payload.block_id, []).append(c)
+    out = []
+    for bid in sorted(by_block):
+        parts = [c.payload for c in sorted(by_block[bid], key=lambda c: c.part)]
+        p = parts[0]
+        out.append(
+            kernel.Block(
+                kernel.BlockPayload(
+                    p.key,
+                    bid,
+                    p.user_start,
+                    p.num_users,
+                    p.item_start,
+                    p.num_items,
+                    np.concatenate([q.users for q in parts]),
+                    np.concatenate([q.items for q in parts]),
+                    np.concatenate([q.y for q in parts]),
+                    np.concatenate([q.is_val for q in parts]),
+                )
+            )
+        )
+    return out
+
+
+def _states(records: Iterator, ratings: dict | None = None) -> dict[int, UserBlockState]:
+    """The user blocks' states in these records (their ratings' blocks go to ``ratings``;
+    the outputs of the evaluation that made the states are dropped)."""
+    chunks: dict[int, list[_StateChunk]] = {}
+    rating_chunks: dict[int, list[_RatingsChunk]] = {}
+    for key, value in records:
+        if isinstance(value, _StateChunk):
+            chunks.setdefault(key, []).append(value)
+        elif isinstance(value, _RatingsChunk):
+            rating_chunks.setdefault(key, []).append(value)
+    if ratings is not None:
+        for b, parts in rating_chunks.items():
+            ratings[b] = _blocks_of(parts)
+    return {b: _from_chunks(b, c) for b, c in chunks.items()}
+
+
 def _step_partition(records: Iterator, bc, static: _Static) -> Iterator:
     """The tasks' body: ratings and states of this partition's user blocks, matched."""
     ratings: dict[int, list] = {}
-    states: dict[int, UserBlockState] = {}
-    for key, value in records:
-        if isinstance(value, UserBlockState):
-            states[key] = value
-        else:
-            ratings[key] = value
+    states = _states(records, ratings)
     step = bc.value
     for b in sorted(states):
-        yield b, _advance(states[b], ratings.get(b, []), step, static)
+        yield from _to_records(_advance(states[b], ratings.get(b, []), step, static))
 
 
 def _pieces(record, chunks: np.ndarray) -> Iterator:
-    """A state's partial item vector cut into chunks, and its sums, keyed for the reduce."""
-    b, state = record
+    """A block's partial item vector cut into chunks, and its sums, keyed for the reduce."""
+    b, value = record
+    if not isinstance(value, _BlockOutput):
+        return
     for c in range(len(chunks) - 1):
-        yield c, (b, state.piece[chunks[c] : chunks[c + 1]])
-    yield 0, (b, state.sums)
+        yield c, (b, value.piece[chunks[c] : chunks[c + 1]])
+    yield 0, (b, value.sums)
 
 
 def _reduce_chunk(records: Iterator) -> Iterator:
@@ -227,8 +348,8 @@ def _reduce_chunk(records: Iterator) -> Iterator:
 
 
 def _gather(records: Iterator, names: tuple[str, ...], commit: slices.Move | None) -> Iterator:
-    for b, s in records:
-        v = dict(s.vecs)
+    for b, s in _states(records).items():
+        v = s.vecs
         if commit is not None:
             slices.apply_move(v, commit, "none")
         yield b, {n: v[n] for n in names if n in v}
@@ -274,9 +395,8 @@ class PartitionedObjective:
         self.chunks = range_starts(piece_len, max(1, min(self.partitions, piece_len)))
         item_blocks = blocks.item_blocks
         self.ratings = (
-            blocks.rdd.map(lambda p: (p.block_id // item_blocks, kernel.Block(p)))
-            .groupByKey(self.partitions)
-            .mapValues(lambda bs: sorted(bs, key=lambda b: b.block_id))
+            blocks.rdd.flatMap(lambda p: _payload_chunks(p, item_blocks))
+            .partitionBy(self.partitions)
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         self.ratings.setName(f"spark-cf ratings by user block ({blocks.user_blocks})")
@@ -316,18 +436,17 @@ class PartitionedObjective:
         for b in range(self.blocks.user_blocks):
             u0, u1 = int(self.user_starts[b]), int(self.user_starts[b + 1])
             vecs = {name: self._user_part(vec, b) for name, vec in vectors.items()}
-            records.append((b, UserBlockState(b, u0, u1 - u0, vecs)))
+            records.append(UserBlockState(b, u0, u1 - u0, vecs))
         if counts:
             from spark_cf.training.params import row_preconditioner
 
             D = row_preconditioner(L, self.blocks.item_counts, self.blocks.user_counts)
             self.item["D"] = self._item_part(D)
-            for b, st in records:
-                st.vecs["D"] = self._user_part(D, b)
+            for st in records:
+                st.vecs["D"] = self._user_part(D, st.block)
         self.state = (
-            self.sc.parallelize(records, self.partitions)
+            self.sc.parallelize([r for st in records for r in _to_records(st)], self.partitions)
             .partitionBy(self.partitions)
-            .mapPartitions(lambda it: sorted(it, key=lambda r: r[0]), preservesPartitioning=True)
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
 
