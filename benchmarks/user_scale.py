@@ -11,7 +11,7 @@ measurement runs in a child process of its own (local[2]), so that the peak resi
 memory of the driver's Python, its JVM (which holds the executors in local mode) and the
 Python workers is that measurement's:
 
-- ``eval``: seconds per evaluation of J and its gradient (median of 3, after one to warm
+- ``eval``: seconds per evaluation of J and its gradient (median of 5, after 3 to warm
   up), and the bytes that reached the driver and that were broadcast to every Python
   worker per evaluation;
 - ``train``: seconds per training iteration (median over --train-iters iterations, the
@@ -45,6 +45,9 @@ DOC = HERE.parent / "docs" / "benchmarks.md"
 BEGIN = "<!-- user_scale.py: begin -->"
 END = "<!-- user_scale.py: end -->"
 SEED = 5
+#: evaluations per measurement, of which the first WARM warm up (new Python workers load
+#: the compiled kernels; the first jobs read the cached blocks the first time)
+EVALS, WARM = 8, 3
 
 
 def data_path(users: int, ratings: int, items: int) -> Path:
@@ -106,7 +109,7 @@ def child_eval(path: str, rank: int, side: str) -> dict:
     times = []
     if side == "driver":
         f = blocks.objective(layout, 10.0)
-        for _ in range(4):
+        for _ in range(EVALS):
             t = time.perf_counter()
             f(w0)
             times.append(time.perf_counter() - t)
@@ -118,7 +121,7 @@ def child_eval(path: str, rank: int, side: str) -> dict:
     else:
         engine = PartitionedObjective(blocks, layout, 10.0)
         engine.start({"w": w0})
-        for _ in range(4):
+        for _ in range(EVALS):
             t = time.perf_counter()
             engine.evaluate(slices.Move("stay"))
             times.append(time.perf_counter() - t)
@@ -126,7 +129,7 @@ def child_eval(path: str, rank: int, side: str) -> dict:
         engine.close()
     spark.stop()
     return {
-        "seconds": statistics.median(times[1:]),
+        "seconds": statistics.median(times[WARM:]),
         "times": times,
         "bytes": sent,
         "blocks": [blocks.user_blocks, blocks.item_blocks],

@@ -294,6 +294,7 @@ def model_metadata(
         "reg_auto": section.reg == AUTO,
         "reg_grid": reg_grid if reg_grid is not None else result.extra.get("reg_grid"),
         "optimizer": cfg.train.optimizer,
+        "user_side": result.extra.get("user_side"),
         "iterations": result.iterations,
         "final_cost": result.final_cost,
         "stop_reason": result.stop_reason,

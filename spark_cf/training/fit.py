@@ -215,7 +215,7 @@ def fit(
         }
         log.info(
             "training: %s objective%s, rank %d, reg %g, %s (learning rate %g), biases %s, "
-            "max %d iterations, %dx%d blocks",
+            "max %d iterations, %dx%d blocks, user side on the %s",
             cost.objective,
             f" (alpha {cost.alpha:g})" if cost.ranking else "",
             rank,
@@ -226,6 +226,7 @@ def fit(
             max_iter,
             user_blocks,
             item_blocks,
+            side,
         )
         engine = None
         if side == "executors":

@@ -328,21 +328,21 @@ def _pieces(record, chunks: np.ndarray) -> Iterator:
 
 
 def _reduce_chunk(records: Iterator) -> Iterator:
-    """Sum one chunk's pieces in user-block order; pass the sums through."""
-    pieces, sums = [], []
-    chunk = None
+    """Sum each chunk's pieces in user-block order (from zeros, as the driver's path
+    does); pass the sums through."""
+    pieces: dict[int, list] = {}
+    sums = []
     for c, (b, value) in records:
         if isinstance(value, dict):
             sums.append((b, value))
         else:
-            chunk = c
-            pieces.append((b, value))
-    if pieces:
-        pieces.sort(key=lambda p: p[0])
-        total = np.zeros_like(pieces[0][1])
-        for _, piece in pieces:
+            pieces.setdefault(c, []).append((b, value))
+    for c, parts in sorted(pieces.items()):
+        parts.sort(key=lambda p: p[0])
+        total = np.zeros_like(parts[0][1])
+        for _, piece in parts:
             total += piece
-        yield "piece", chunk, total
+        yield "piece", c, total
     for b, s in sums:
         yield "sums", b, s
 
@@ -400,6 +400,13 @@ class PartitionedObjective:
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         self.ratings.setName(f"spark-cf ratings by user block ({blocks.user_blocks})")
+        if not self.sc.getCheckpointDir():
+            log.info(
+                "user side on the executors without spark.checkpoint.dir: the states' "
+                "lineage is cut with localCheckpoint, which a lost executor does not "
+                "survive; set spark.checkpoint.dir (a folder every executor can reach) on "
+                "a cluster"
+            )
         self.item: dict[str, np.ndarray] = {}
         self.state = None
         self._pending: list = []  # broadcasts the cached states' lineage still needs
@@ -483,12 +490,15 @@ class PartitionedObjective:
             else:
                 new_state.localCheckpoint()
         chunks = self.chunks
-        results = (
-            new_state.flatMap(lambda r: _pieces(r, chunks))
-            .partitionBy(len(chunks) - 1, lambda c: c)
-            .mapPartitions(_reduce_chunk)
-            .collect()
-        )
+        outputs = new_state.flatMap(lambda r: _pieces(r, chunks))
+        if self.blocks.user_blocks == 1:  # one block: its piece is the sum, no shuffle
+            results = outputs.mapPartitions(_reduce_chunk).collect()
+        else:
+            results = (
+                outputs.partitionBy(len(chunks) - 1, lambda c: c)
+                .mapPartitions(_reduce_chunk)
+                .collect()
+            )
         self._pending.append(bc)
         self.state = new_state
         previous.unpersist()
