@@ -138,6 +138,41 @@ def child_eval(path: str, rank: int, side: str) -> dict:
     }
 
 
+def child_floor(path: str, rank: int) -> dict:
+    """The floor of one evaluation: the per-block kernel alone (every block, in this
+    process, divided by the cores) plus one empty Spark job."""
+    from spark_cf.training import kernel
+    from spark_cf.training.params import Layout, initial_parameters
+
+    spark = _session()
+    data, blocks = _blocks(spark, path)
+    sc = spark.sparkContext
+    layout = Layout(data.index.num_items, data.index.num_users, rank, False)
+    w0 = initial_parameters(layout, init_scale=0.1, seed=1)
+    X, T = layout.X(w0), layout.Theta(w0)
+    prepared = [kernel.Block(p) for p in blocks.rdd.collect()]
+    kernel_times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        for b in prepared:
+            kernel.block_gradients(b, X, T)
+        kernel_times.append(time.perf_counter() - t)
+    empty = []
+    ids = sc.parallelize(range(sc.defaultParallelism), sc.defaultParallelism)
+    for _ in range(6):
+        t = time.perf_counter()
+        ids.map(lambda x: x).collect()
+        empty.append(time.perf_counter() - t)
+    spark.stop()
+    cores = sc.defaultParallelism
+    return {
+        "kernel": statistics.median(kernel_times) / cores,
+        "empty_job": statistics.median(empty[1:]),
+        "blocks": [blocks.user_blocks, blocks.item_blocks],
+        "users": data.index.num_users,
+    }
+
+
 def child_train(path: str, rank: int, side: str, optimizer: str, iters: int) -> dict:
     from spark_cf.training.fit import fit
 
@@ -306,11 +341,49 @@ def targets(results: dict) -> list[dict]:
     return out
 
 
-def write_doc(section: str) -> None:
+EXISTING_BEGIN = "<!-- user_scale.py existing: begin -->"
+EXISTING_END = "<!-- user_scale.py existing: end -->"
+
+
+def existing(path: str, rank: int, sides: list[str], no_doc: bool) -> int:
+    """Seconds per evaluation on an existing set, both sides, against the floor."""
+    floor, _, _ = run_child(["--child", "floor", path, str(rank)], __file__)
+    rows = {}
+    for side in sides:
+        ev, peak, _ = run_child(["--child", "eval", path, str(rank), side], __file__)
+        ev["peak"] = peak
+        rows[side] = ev
+    base = floor["kernel"] + floor["empty_job"]
+    lines = [
+        EXISTING_BEGIN,
+        f"### {Path(path).name}: seconds per evaluation, rank {rank}",
+        "",
+        f"{datetime.now(timezone.utc):%Y-%m-%d}, local[2], {floor['users']:,} users, "
+        f"{floor['blocks'][0]}x{floor['blocks'][1]} blocks. Floor = the per-block kernel "
+        f"alone ({floor['kernel']:.3f} s, all blocks divided by the cores) + one empty job "
+        f"({floor['empty_job']:.3f} s) = {base:.3f} s.",
+        "",
+        "| side | s per evaluation | x floor | MB to driver | MB broadcast |",
+        "|---|---|---|---|---|",
+    ]
+    for side, ev in rows.items():
+        lines.append(
+            f"| {side} | {ev['seconds']:.3f} | {ev['seconds'] / base:.2f} "
+            f"| {ev['bytes']['to_driver'] / 1e6:.1f} | {ev['bytes']['broadcast'] / 1e6:.1f} |"
+        )
+    lines.append(EXISTING_END)
+    section = "\n".join(lines) + "\n"
+    print(section)
+    if not no_doc:
+        write_doc(section, EXISTING_BEGIN, EXISTING_END)
+    return 0
+
+
+def write_doc(section: str, begin: str = BEGIN, end: str = END) -> None:
     text = DOC.read_text() if DOC.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         text = head + section + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
@@ -328,12 +401,20 @@ def main(argv=None) -> int:
     parser.add_argument("--no-train", action="store_true")
     parser.add_argument("--no-als", action="store_true")
     parser.add_argument("--no-doc", action="store_true")
+    parser.add_argument(
+        "--existing",
+        help="a ratings Parquet (the 20M-rating set of benchmarks/vs_als.py: "
+        "benchmarks/work/gen-20M.parquet) to measure per evaluation on both sides, "
+        "against the floor (the kernel alone plus an empty job), instead of the scaling",
+    )
     parser.add_argument("--child", nargs="+")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     if args.child:
         kind, path, rank = args.child[0], args.child[1], int(args.child[2])
-        if kind == "eval":
+        if kind == "floor":
+            answer = child_floor(path, rank)
+        elif kind == "eval":
             answer = child_eval(path, rank, args.child[3])
         elif kind == "train":
             answer = child_train(path, rank, args.child[3], args.child[4], int(args.child[5]))
@@ -341,6 +422,8 @@ def main(argv=None) -> int:
             answer = child_als(path, rank, int(args.child[3]))
         Path(args.out).write_text(json.dumps(answer))
         return 0
+    if args.existing:
+        return existing(args.existing, args.ranks[0], args.sides, args.no_doc)
     rows = []
     for users in args.users:
         path = str(ensure_data(users, args.ratings, args.items))

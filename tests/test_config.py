@@ -102,6 +102,7 @@ def test_overrides_are_toml_literals_or_strings(tmp_path):
         ("train.learning_rate=0", "train.learning_rate"),
         ("input.rating_min=5.0", "input.rating_min"),
         ("train.optimizer='sgd'", "train.optimizer"),
+        ("train.user_side='nowhere'", "train.user_side"),
         ("model.rank='ten'", "model.rank"),
         ("model.rank=2.5", "model.rank"),
         ("model.biases=1", "model.biases"),

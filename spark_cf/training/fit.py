@@ -185,7 +185,9 @@ def fit(
         w0 = initial_parameters(layout, init_scale=init_scale, seed=seed)
         if initial_model is not None:
             w0 = warm_start_parameters(initial_model, layout, index, w0)
-        side = resolve_user_side(user_side, layout)
+        # a wrapped objective (the parity check) is the driver's
+        side = "driver" if wrap_objective and user_side == "auto" else user_side
+        side = resolve_user_side(side, layout)
         if side == "driver":
             opt = make_optimizer(
                 optimizer,
@@ -285,8 +287,11 @@ def fit(
 
 
 #: ``user_side = "auto"`` keeps the user side on the executors from this many user
-#: parameters (users x (rank + biases)); below it the driver's vector is faster
-AUTO_EXECUTORS_USER_PARAMS = 1_000_000
+#: parameters (users x (rank + biases)). Measured on one 2-core machine
+#: (``benchmarks/user_scale.py``, 2M ratings): an evaluation on the executors takes about
+#: twice the driver's up to 5M user parameters and the same at 25M, where the driver's
+#: memory starts to bind (L-BFGS keeps 2 x lbfgs_memory + 4 full vectors there).
+AUTO_EXECUTORS_USER_PARAMS = 20_000_000
 
 
 def resolve_user_side(user_side: str, layout: Layout) -> str:
