@@ -173,7 +173,9 @@ def child_floor(path: str, rank: int) -> dict:
     }
 
 
-def child_train(path: str, rank: int, side: str, optimizer: str, iters: int) -> dict:
+def child_train(
+    path: str, rank: int, side: str, optimizer: str, iters: int, memory: int = 10
+) -> dict:
     from spark_cf.training.fit import fit
 
     spark = _session()
@@ -186,6 +188,7 @@ def child_train(path: str, rank: int, side: str, optimizer: str, iters: int) -> 
         tol=0.0,
         optimizer=optimizer,
         learning_rate=0.001,
+        lbfgs_memory=memory,
         user_side=side,
         blocks=blocks,
     )
@@ -255,15 +258,15 @@ def markdown(results: dict) -> str:
             if ev
             else ""
         )
+
+        def train(opt: str, tr: dict = tr) -> str:
+            return f"{tr[opt]['seconds']:.2f}" if opt in tr else ""
+
         lines.append(
             f"| {row['users']:,} | {row['rank']} | {row['side']} "
             f"| {ev['seconds']:.3f} | {ev['bytes']['to_driver'] / 1e6:.1f} "
             f"| {ev['bytes']['broadcast'] / 1e6:.1f} | {mem} "
-            f"| {tr['adam']['seconds']:.2f} | {tr['lbfgs']['seconds']:.2f} "
-            if ev and "adam" in tr and "lbfgs" in tr
-            else f"| {row['users']:,} | {row['rank']} | {row['side']} "
-            f"| {ev['seconds']:.3f} | {ev['bytes']['to_driver'] / 1e6:.1f} "
-            f"| {ev['bytes']['broadcast'] / 1e6:.1f} | {mem} | | "
+            f"| {train('adam')} | {train('lbfgs')} "
         )
         lines[-1] += f"| {als['seconds']:.2f} |" if als else "| |"
     lines += ["", "### Targets (issue 12)", "", "| target | measured | |", "|---|---|---|"]
@@ -304,8 +307,8 @@ def targets(results: dict) -> list[dict]:
                 }
             )
     a, b = get(lo, 50, "executors", "train"), get(hi, 50, "executors", "train")
-    if a and b and "lbfgs" in a.get("train", {}) and "lbfgs" in b.get("train", {}):
-        for opt in ("adam", "lbfgs"):
+    for opt in ("adam", "lbfgs"):
+        if a and b and opt in a.get("train", {}) and opt in b.get("train", {}):
             ratio = b["train"][opt]["seconds"] / a["train"][opt]["seconds"]
             out.append(
                 {
@@ -399,6 +402,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sides", nargs="+", default=["driver", "executors"])
     parser.add_argument("--train-iters", type=int, default=5)
     parser.add_argument("--no-train", action="store_true")
+    parser.add_argument("--optimizers", nargs="+", default=["adam", "lbfgs"])
+    parser.add_argument("--lbfgs-memory", type=int, default=10)
     parser.add_argument("--no-als", action="store_true")
     parser.add_argument("--no-doc", action="store_true")
     parser.add_argument(
@@ -417,7 +422,9 @@ def main(argv=None) -> int:
         elif kind == "eval":
             answer = child_eval(path, rank, args.child[3])
         elif kind == "train":
-            answer = child_train(path, rank, args.child[3], args.child[4], int(args.child[5]))
+            answer = child_train(
+                path, rank, args.child[3], args.child[4], int(args.child[5]), int(args.child[6])
+            )
         else:
             answer = child_als(path, rank, int(args.child[3]))
         Path(args.out).write_text(json.dumps(answer))
@@ -441,9 +448,18 @@ def main(argv=None) -> int:
                 )
                 if not args.no_train:
                     row["train"] = {}
-                    for opt in ("adam", "lbfgs"):
+                    for opt in args.optimizers:
                         tr, tpeak, _ = run_child(
-                            ["--child", "train", path, str(rank), side, opt, str(args.train_iters)],
+                            [
+                                "--child",
+                                "train",
+                                path,
+                                str(rank),
+                                side,
+                                opt,
+                                str(args.train_iters),
+                                str(args.lbfgs_memory),
+                            ],
                             __file__,
                         )
                         tr["peak"] = tpeak
