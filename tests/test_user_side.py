@@ -153,6 +153,33 @@ def test_the_ranking_objective_on_the_executors_follows_the_driver_path(ratings)
     assert np.abs(factors(em) - factors(dm)).max() <= LBFGS_TRAJECTORY_TOLERANCE * scale
 
 
+def test_the_reg_grid_on_the_executors_chooses_as_on_the_driver(biased_data, blocks):
+    """model.reg = "auto" with the user side on the executors: each value trains with its
+    own states (sharing the cached ratings by user block) and the choice and the model
+    are the driver's grid's."""
+    runs = {}
+    for side in ("driver", "executors"):
+        runs[side] = fit(
+            biased_data,
+            rank=3,
+            biases=True,
+            reg_param="auto",
+            reg_grid=(0.5, 5.0),
+            max_iter=6,
+            tol=0.0,
+            user_side=side,
+            blocks=blocks,
+        )
+    (dm, dr), (em, er) = runs["driver"], runs["executors"]
+    assert er.extra["reg"] == dr.extra["reg"]
+    assert [r["iterations"] for r in er.extra["reg_grid"]] == [
+        r["iterations"] for r in dr.extra["reg_grid"]
+    ]
+    scale = np.abs(factors(dm)).max()
+    assert np.abs(factors(em) - factors(dm)).max() <= LBFGS_TRAJECTORY_TOLERANCE * scale
+    assert len(blocks.derived) == 1  # one cached copy of the ratings by user block
+
+
 def test_the_executors_path_gives_the_same_bits_whatever_the_input_partitioning(ratings):
     cfg = config(optimizer="lbfgs", max_iter=6, user_side="executors")
     models = []

@@ -256,6 +256,10 @@ class BlockedRatings:
         summary = [row[:4] for row in summary]
         self.block_sizes = {bid: n for bid, n, _, _ in summary}
         self.partitions = partitions
+        #: cached RDDs other training paths derive from the blocks (the ratings by user
+        #: block of :mod:`spark_cf.training.partitioned`), shared by the fits over these
+        #: blocks and dropped with them
+        self.derived: dict[object, object] = {}
         # The per-evaluation job runs over the block ids (a few bytes), one task per core,
         # and finds the blocks in its Python worker; see SparkObjective.evaluate_many.
         tasks = max(1, min(len(self.block_sizes), self.sc.defaultParallelism))
@@ -295,6 +299,9 @@ class BlockedRatings:
             self.ids_rdd.foreach(lambda _: kernel.forget(key))
         except Exception as exc:  # noqa: BLE001 - freeing memory must not fail a run
             log.warning("could not drop the workers' copies of the blocks: %s", exc)
+        for rdd in self.derived.values():
+            rdd.unpersist()
+        self.derived = {}
         self.rdd.unpersist()
 
 

@@ -47,6 +47,7 @@ survives a lost executor, else with ``localCheckpoint`` (which does not).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -72,6 +73,8 @@ log = logging.getLogger(__name__)
 
 #: evaluations between two cuts of the cached states' lineage
 LINEAGE_CHECKPOINT_EVERY = 10
+#: guards BlockedRatings.derived (the grid's fits start side by side)
+_DERIVED = threading.Lock()
 
 
 @dataclass
@@ -394,12 +397,19 @@ class PartitionedObjective:
         piece_len = self.item_flat * (2 if curvature else 1)
         self.chunks = range_starts(piece_len, max(1, min(self.partitions, piece_len)))
         item_blocks = blocks.item_blocks
-        self.ratings = (
-            blocks.rdd.flatMap(lambda p: _payload_chunks(p, item_blocks))
-            .partitionBy(self.partitions)
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        )
-        self.ratings.setName(f"spark-cf ratings by user block ({blocks.user_blocks})")
+        # one cached copy per set of blocks, shared by every fit over them (the models of
+        # model.reg = "auto" train side by side)
+        key = ("ratings by user block", self.partitions)
+        with _DERIVED:
+            if key not in blocks.derived:
+                rdd = (
+                    blocks.rdd.flatMap(lambda p: _payload_chunks(p, item_blocks))
+                    .partitionBy(self.partitions)
+                    .persist(StorageLevel.MEMORY_AND_DISK)
+                )
+                rdd.setName(f"spark-cf ratings by user block ({blocks.user_blocks})")
+                blocks.derived[key] = rdd
+            self.ratings = blocks.derived[key]
         if not self.sc.getCheckpointDir():
             log.info(
                 "user side on the executors without spark.checkpoint.dir: the states' "
@@ -612,9 +622,9 @@ class PartitionedObjective:
         self._pending = []
 
     def close(self) -> None:
-        """Drop the cached states, ratings and broadcasts."""
+        """Drop the cached states and broadcasts (the ratings go with the blocks:
+        :meth:`~spark_cf.training.blocks.BlockedRatings.unpersist`)."""
         self._release_state()
-        self.ratings.unpersist()
 
 
 def _sums_bytes(sums: dict) -> int:
