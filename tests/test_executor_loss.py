@@ -111,11 +111,16 @@ def test_a_run_that_loses_an_executor_ends_with_the_undisturbed_model(tmp_path, 
         )
         lines = []
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if on_line is not None:
-                on_line(line)
-        code = proc.wait(timeout=600)
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if on_line is not None:
+                    on_line(line)
+            code = proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:  # a failed check: leave no job running
+                proc.kill()
+                proc.wait()
         output = "".join(lines)
         assert code == 0, output[-4000:]
         return output

@@ -291,6 +291,18 @@ class BlockedRatings:
         curvature (``Evaluation.curvature``; L-BFGS's preconditioner)."""
         return SparkObjective(self, layout, reg, cost, curvature=curvature)
 
+    def check(self, layout: Layout, cost: CostSpec) -> None:
+        """Refuse a model ``layout`` of other sizes, or the ranking objective on blocks that
+        subtracted a normalisation (``ValueError``)."""
+        if (layout.num_users, layout.num_items) != (self.num_users, self.num_items):
+            raise ValueError("layout sizes differ from the blocked ratings")
+        if cost.ranking and self.offsets.any():
+            raise ValueError(
+                "blocks: the ranking objective needs the raw values, but these blocks "
+                "subtracted a normalisation; build them with "
+                "Normalization(np.zeros(num_items), 0.0)"
+            )
+
     def unpersist(self) -> None:
         """Drop the cached blocks, and (best effort: the workers this job reaches) the
         workers' prepared copies; the others age out of their LRU (kernel.MAX_CACHED_DATASETS)."""
@@ -326,14 +338,7 @@ class SparkObjective:
         *,
         curvature: bool = False,
     ) -> None:
-        if (layout.num_users, layout.num_items) != (blocks.num_users, blocks.num_items):
-            raise ValueError("layout sizes differ from the blocked ratings")
-        if cost.ranking and blocks.offsets.any():
-            raise ValueError(
-                "blocks: the ranking objective needs the raw values, but these blocks "
-                "subtracted a normalisation; build them with "
-                "Normalization(np.zeros(num_items), 0.0)"
-            )
+        blocks.check(layout, cost)
         self.blocks = blocks
         self.layout = layout
         self.reg = float(reg)

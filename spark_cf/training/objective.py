@@ -101,22 +101,40 @@ def all_pairs_term(
     """
     biased = item_bias is not None and user_bias is not None
     k = X.shape[1]
-    if biased:
-        Xa = np.column_stack([X, item_bias, np.ones(X.shape[0])])
-        Ta = np.column_stack([Theta, np.ones(Theta.shape[0]), user_bias])
-    else:
-        Xa, Ta = X, Theta
+    Xa, Ta = augmented_items(X, item_bias), augmented_users(Theta, user_bias)
     # einsum's own loops, not BLAS: a multithreaded BLAS sums in an order that depends on
     # its thread count (the driver of spark-submit on a cluster and of a local run differ),
     # and the model must be the same bits whatever the cores (about 2 ms for 16k x 12)
-    G_X = np.einsum("ik,il->kl", Xa, Xa, optimize=False)
-    G_T = np.einsum("ik,il->kl", Ta, Ta, optimize=False)
+    G_X = gramian(Xa)
+    G_T = gramian(Ta)
     dXa = np.einsum("ik,kl->il", Xa, G_T, optimize=False)
     dTa = np.einsum("ik,kl->il", Ta, G_X, optimize=False)
     cost = 0.5 * float(np.sum(G_X * G_T))
     if not biased:
         return cost, dXa, dTa, None, None
     return cost, dXa[:, :k], dTa[:, :k], dXa[:, k], dTa[:, k + 1]
+
+
+def augmented_items(X: np.ndarray, item_bias: np.ndarray | None) -> np.ndarray:
+    """``X~ = [X, b_item, 1]`` (``X`` itself without biases): see :func:`all_pairs_term`."""
+    if item_bias is None:
+        return X
+    return np.column_stack([X, item_bias, np.ones(X.shape[0])])
+
+
+def augmented_users(Theta: np.ndarray, user_bias: np.ndarray | None) -> np.ndarray:
+    """``Theta~ = [Theta, 1, b_user]`` (``Theta`` itself without biases): with
+    :func:`augmented_items`, ``x~_i . theta~_u`` is the biased score. Any range of the
+    users gives its rows, so the executors build their blocks' part."""
+    if user_bias is None:
+        return Theta
+    return np.column_stack([Theta, np.ones(Theta.shape[0]), user_bias])
+
+
+def gramian(A: np.ndarray) -> np.ndarray:
+    """``A^T A`` with einsum's own loops, not BLAS: the same bits whatever the BLAS
+    threads (see :func:`all_pairs_term`)."""
+    return np.einsum("ik,il->kl", A, A, optimize=False)
 
 
 def all_pairs_curvature(

@@ -56,7 +56,13 @@ from pyspark import StorageLevel
 
 from spark_cf.training import kernel, slices
 from spark_cf.training.blocks import BlockedRatings, range_starts
-from spark_cf.training.objective import RATINGS_COST, CostSpec
+from spark_cf.training.objective import (
+    RATINGS_COST,
+    CostSpec,
+    augmented_items,
+    augmented_users,
+    gramian,
+)
 from spark_cf.training.optimizers import (
     ELEMENTWISE_RULES,
     LBFGS,
@@ -165,12 +171,12 @@ def _advance(state: UserBlockState, blocks: list, step: _Step, static: _Static) 
         per_block.append((r.block_id, r.loss, r.sse, r.count, r.val_sse, r.val_count))
     extra: dict[str, object] = {}
     if cost.ranking:
-        Ta = np.column_stack([T, np.ones(n), bu]) if biased else T
+        Ta = augmented_users(T, bu)
         dTa = np.einsum("ik,kl->il", Ta, step.gram_x, optimize=False)
         dT += dTa[:, :k]
         if biased:
             dbu += dTa[:, k + 1]
-        extra["gram_theta"] = np.einsum("ik,il->kl", Ta, Ta, optimize=False)
+        extra["gram_theta"] = gramian(Ta)
         if c is not None:
             cT += step.user_row[:k]
             if biased:
@@ -372,13 +378,7 @@ class PartitionedObjective:
         curvature: bool = False,
         precondition: str = "none",
     ) -> None:
-        if (layout.num_users, layout.num_items) != (blocks.num_users, blocks.num_items):
-            raise ValueError("layout sizes differ from the blocked ratings")
-        if cost.ranking and blocks.offsets.any():
-            raise ValueError(
-                "blocks: the ranking objective needs the raw values, but these blocks "
-                "subtracted a normalisation"
-            )
+        blocks.check(layout, cost)
         self.blocks = blocks
         self.layout = layout
         self.reg = float(reg)
@@ -477,8 +477,7 @@ class PartitionedObjective:
         X, bi = _split_rows(point, ni, k, biased)
         gram_x = user_row = None
         if self.cost.ranking:
-            Xa = np.column_stack([X, bi, np.ones(ni)]) if biased else X
-            gram_x = np.einsum("ik,il->kl", Xa, Xa, optimize=False)
+            gram_x = gramian(augmented_items(X, bi))
             if self.curvature:
                 user_row = np.einsum("ik,ik->k", X, X, optimize=False)
                 if biased:
@@ -550,8 +549,8 @@ class PartitionedObjective:
             gram_theta = user_sums[0]["gram_theta"].copy()
             for s in user_sums[1:]:
                 gram_theta += s["gram_theta"]
-            Xa = np.column_stack([X, bi, np.ones(ni)]) if biased else X
-            G_X = np.einsum("ik,il->kl", Xa, Xa, optimize=False)
+            Xa = augmented_items(X, bi)
+            G_X = gramian(Xa)
             dXa = np.einsum("ik,kl->il", Xa, gram_theta, optimize=False)
             cost += 0.5 * float(np.sum(G_X * gram_theta))
             dX, dbi = _split_rows(g, ni, k, biased)
